@@ -1,0 +1,38 @@
+# The two commands the README opens with: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo serve test lint typecheck unit fhir-definitions bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+## Ingest the bundled sample studies and serve FHIR on http://127.0.0.1:8080/fhir
+demo: setup
+	$(BIN)/pacsfhir demo
+
+fhir-definitions:
+	scripts/fetch-fhir-definitions
+
+lint: setup
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+typecheck: setup
+	$(BIN)/mypy
+
+## Everything: lint, types, and the whole test suite (SQLite and PostgreSQL)
+test: setup fhir-definitions lint typecheck
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache pacsfhir-demo-data

@@ -1,0 +1,3 @@
+from pacsfhir.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The app factory: one route table, errors rendered once at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.responses import RedirectResponse, Response
+
+from pacsfhir import __version__
+from pacsfhir.api import fhir
+from pacsfhir.api.responses import EXCEPTION_HANDLERS
+from pacsfhir.archive import Archive
+from pacsfhir.settings import Settings
+
+
+def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
+    """Build the ASGI app. ``archive`` may be passed in (tests); otherwise it is opened
+    from ``settings`` and closed when the app shuts down."""
+    opened = archive or Archive.open(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if archive is None:
+            opened.close()
+
+    app = FastAPI(
+        title="pacsfhir",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
+    )
+    app.state.archive = opened
+    app.include_router(fhir.router)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> Response:
+        return RedirectResponse("/fhir/metadata")
+
+    return app
+
+
+def app_from_env() -> Any:
+    """For ``uvicorn --factory pacsfhir.api.app:app_from_env``."""
+    from pacsfhir.settings import load_settings
+
+    return create_app(load_settings())

@@ -1,0 +1,88 @@
+"""FHIR responses: JSON rendering, format negotiation, and errors as OperationOutcome."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from pacsfhir.errors import NotAcceptable, PacsFhirError
+from pacsfhir.mapping.bundle import operation_outcome
+
+FHIR_JSON = "application/fhir+json"
+_JSON_FORMATS = {"json", "application/json", FHIR_JSON, "application/json+fhir"}
+_ACCEPTABLE = {FHIR_JSON, "application/json", "application/json+fhir", "*/*", "application/*"}
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON + "; charset=utf-8"
+
+    def __init__(
+        self,
+        content: dict[str, Any],
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        pretty: bool = False,
+    ) -> None:
+        self.pretty = pretty
+        super().__init__(content, status_code, headers)
+
+    def render(self, content: Any) -> bytes:
+        if self.pretty:
+            return json.dumps(content, ensure_ascii=False, indent=2).encode()
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def check_format(request: Request) -> None:
+    """JSON is the one format served: ``_format`` or Accept must allow it, else 406."""
+    requested = request.query_params.get("_format")
+    if requested is not None:
+        if requested.split(";")[0].strip() not in _JSON_FORMATS:
+            raise NotAcceptable(f"_format={requested} is not supported; use json")
+        return
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        if "q=0" in params.replace(" ", "") and "q=0." not in params.replace(" ", ""):
+            continue
+        if media.strip().lower() in _ACCEPTABLE:
+            return
+    raise NotAcceptable(f"Accept: {accept} cannot be served; this server speaks {FHIR_JSON}")
+
+
+def outcome_response(status: int, code: str, message: str) -> FhirResponse:
+    severity = "error" if status >= 400 else "information"
+    return FhirResponse(operation_outcome(severity, code, message), status_code=status)
+
+
+async def pacsfhir_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PacsFhirError)
+    return outcome_response(exc.status, exc.issue_code, exc.message)
+
+
+async def http_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+    return outcome_response(exc.status_code, code, str(exc.detail))
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> Response:
+    return outcome_response(400, "invalid", f"invalid request: {exc}")
+
+
+async def unexpected_error_handler(_request: Request, exc: Exception) -> Response:
+    return outcome_response(500, "exception", f"internal error ({type(exc).__name__})")
+
+
+EXCEPTION_HANDLERS = {
+    PacsFhirError: pacsfhir_error_handler,
+    StarletteHTTPException: http_error_handler,
+    RequestValidationError: validation_error_handler,
+    Exception: unexpected_error_handler,
+}

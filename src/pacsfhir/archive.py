@@ -1,0 +1,30 @@
+"""The archive: settings, the index engine and the blob store, opened once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from pacsfhir.dicom.storage import BlobStore
+from pacsfhir.index.engine import create_index_engine, migrate
+from pacsfhir.settings import Settings
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    engine: Engine
+    blobs: BlobStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> Archive:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_index_engine(settings.index_url)
+        migrate(engine)
+        blobs = BlobStore(settings.data_dir / "blobs")
+        blobs.ensure()
+        return cls(settings, engine, blobs)
+
+    def close(self) -> None:
+        self.engine.dispose()

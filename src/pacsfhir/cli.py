@@ -1,0 +1,216 @@
+"""The commands: ingest, serve, demo. Each builds Settings and calls the rest."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pacsfhir.archive import Archive
+from pacsfhir.dicom.ingest import IngestSummary, Result, count_files, ingest
+from pacsfhir.errors import ConfigurationError
+from pacsfhir.settings import Settings, load_settings
+
+app = typer.Typer(help="pacsfhir: the FHIR R4 face of a PACS.", no_args_is_help=True)
+console = Console(stderr=True)
+
+DataOpt = Annotated[str | None, typer.Option("--data", help="Data folder (PACSFHIR_DATA)")]
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", help="Index URL (PACSFHIR_DATABASE_URL)")
+]
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="TOML config (PACSFHIR_CONFIG)")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="Bind address (PACSFHIR_HOST)")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="Port (PACSFHIR_PORT)")]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="Public base URL (PACSFHIR_BASE_URL)")
+]
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        return load_settings(flags)
+    except ConfigurationError as exc:
+        console.print(f"[red]configuration error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+
+
+def _print_summary(summary: IngestSummary, seconds: float) -> None:
+    table = Table(title="ingest summary", show_header=False)
+    for outcome in ("stored", "replaced", "already present", "rejected"):
+        table.add_row(outcome, str(summary.counts.get(outcome, 0)))
+    for reason, count in sorted(summary.rejected.items()):
+        table.add_row(f"  rejected: {reason}", str(count))
+    rate = summary.total / seconds if seconds > 0 else 0.0
+    table.add_row("files/s", f"{rate:.0f}")
+    console.print(table)
+    for reason, example in sorted(summary.examples.items()):
+        console.print(f"[yellow]{reason}[/yellow] e.g. {example}")
+
+
+def run_ingest(settings: Settings, paths: list[str], progress: bool) -> IngestSummary:
+    import time
+
+    archive = Archive.open(settings)
+    started = time.perf_counter()
+    try:
+        if progress:
+            total = count_files(paths)
+            with Progress(
+                TextColumn("ingest"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("ingest", total=total)
+
+                def advance(_result: Result) -> None:
+                    bar.advance(task)
+
+                summary = _ingest(archive, settings, paths, advance)
+        else:
+            summary = _ingest(archive, settings, paths, None)
+    finally:
+        archive.close()
+    _print_summary(summary, time.perf_counter() - started)
+    return summary
+
+
+def _ingest(
+    archive: Archive, settings: Settings, paths: list[str], on_result: Any
+) -> IngestSummary:
+    return ingest(
+        paths,
+        archive.engine,
+        archive.blobs,
+        workers=settings.ingest_workers,
+        batch_size=settings.ingest_batch,
+        timezone=settings.dicom_timezone,
+        on_result=on_result,
+    )
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: Annotated[list[str], typer.Argument(help="DICOM files or folders (recursive)")],
+    data: DataOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any file is rejected")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Parsing processes (0: one per core)")
+    ] = None,
+) -> None:
+    """Store and index DICOM files; prints stored / already present / rejected."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        console.print(f"[red]no such file or folder:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    settings = _settings(
+        data=data, database_url=database_url, config=config, ingest_workers=workers
+    )
+    summary = run_ingest(settings, paths, progress=console.is_terminal)
+    if strict and summary.counts.get("rejected"):
+        raise typer.Exit(1)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from pacsfhir.api.app import create_app
+
+    if settings.auth == "none":
+        if not _is_loopback(settings.host):
+            console.print(
+                f"[red]refusing to serve patient data without authorization on {settings.host}"
+                "[/red]: PACSFHIR_AUTH=none binds to loopback only."
+            )
+            raise typer.Exit(2)
+        console.print(
+            "[bold yellow]DEVELOPMENT MODE: no token checking (PACSFHIR_AUTH=none); "
+            f"serving on loopback {settings.host} only.[/bold yellow]"
+        )
+    else:
+        console.print(
+            f"[red]PACSFHIR_AUTH={settings.auth} is not implemented yet[/red]; "
+            "use none on loopback."
+        )
+        raise typer.Exit(2)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command("serve")
+def serve_command(
+    data: DataOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Serve FHIR R4 over the archive."""
+    serve(
+        _settings(
+            data=data,
+            database_url=database_url,
+            config=config,
+            host=host,
+            port=port,
+            base_url=base_url,
+        )
+    )
+
+
+def sample_files() -> list[str]:
+    """The bundled sample studies: pydicom's own test and character-set files."""
+    import pydicom
+
+    root = Path(pydicom.__file__).parent / "data"
+    return [str(root / "test_files"), str(root / "charset_files")]
+
+
+@app.command("demo")
+def demo_command(
+    data: DataOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+) -> None:
+    """Ingest the bundled sample studies, print URLs to try, then serve."""
+    settings = _settings(data=data or "pacsfhir-demo-data", host=host, port=port)
+    summary = run_ingest(settings, sample_files(), progress=console.is_terminal)
+    base = settings.fhir_base_url
+    console.print(f"\n[bold]pacsfhir demo[/bold]: {summary.total} files read. Try:")
+    for path in (
+        "/metadata",
+        "/ImagingStudy?_count=5",
+        "/ImagingStudy?modality=MR&_include=ImagingStudy:subject",
+        "/ImagingStudy?started=ge2000-01-01&_sort=-started",
+        "/ImagingStudy?patient.name=buc",
+        "/ImagingStudy?_summary=count",
+    ):
+        console.print(f"  curl -s '{base}{path}'")
+    serve(settings)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

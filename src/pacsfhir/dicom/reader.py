@@ -1,0 +1,262 @@
+"""Read the index attributes of one DICOM file, without loading its pixel data.
+
+``read_instance`` returns an ``InstanceAttributes`` record holding plain JSON-friendly
+values (strings, lists of code dicts) keyed by DICOM keyword, grouped by the level at
+which DICOM defines them. Text is decoded through Specific Character Set by pydicom.
+Anything that cannot become a stored instance raises ``RejectedInstance`` with a short,
+stable reason key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from pacsfhir.dicom.uids import is_valid_uid
+from pacsfhir.errors import RejectedInstance
+
+# Transfer syntax of files without file meta information, when pydicom had to guess.
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+
+_SEQUENCE_DELIMITER_LE = b"\xfe\xff\xdd\xe0"
+_SEQUENCE_DELIMITER_BE = b"\xff\xfe\xe0\xdd"
+
+
+@dataclass(frozen=True)
+class InstanceAttributes:
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.study["StudyInstanceUID"])
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.series["SeriesInstanceUID"])
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.instance["SOPInstanceUID"])
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def _names(ds: Dataset, keyword: str) -> list[str]:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return []
+    values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
+    return [str(v).strip() for v in values if str(v).strip()]
+
+
+def _codes(ds: Dataset, keyword: str) -> list[dict[str, str]]:
+    codes = []
+    for item in ds.get(keyword) or []:
+        code = {
+            "CodeValue": _text(item, "CodeValue")
+            or _text(item, "LongCodeValue")
+            or _text(item, "URNCodeValue"),
+            "CodingSchemeDesignator": _text(item, "CodingSchemeDesignator"),
+            "CodeMeaning": _text(item, "CodeMeaning"),
+        }
+        if code["CodeValue"] or code["CodeMeaning"]:
+            codes.append(code)
+    return codes
+
+
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    seq = ds.get(keyword)
+    return seq[0] if seq else None
+
+
+def _issuer_qualifiers(item: Dataset | None) -> dict[str, str]:
+    if item is None:
+        return {}
+    return {
+        k: _text(item, k)
+        for k in ("LocalNamespaceEntityID", "UniversalEntityID", "UniversalEntityIDType")
+        if _text(item, k)
+    }
+
+
+def _request_attribute(ds: Dataset, keyword: str) -> Any:
+    """A value from the top level, else from the first Request Attributes item."""
+    if keyword in ds:
+        return ds
+    item = _first_item(ds, "RequestAttributesSequence")
+    if item is not None and keyword in item:
+        return item
+    return ds
+
+
+def _title(ds: Dataset) -> str:
+    # R4 mapping: Content Label | Concept Name Code Sequence > Code Meaning |
+    # Document Title | Image Type
+    for keyword in ("ContentLabel", "DocumentTitle"):
+        if _text(ds, keyword):
+            return _text(ds, keyword)
+    concept = _first_item(ds, "ConceptNameCodeSequence")
+    if concept is not None and _text(concept, "CodeMeaning"):
+        return _text(concept, "CodeMeaning")
+    return _text(ds, "ImageType")
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword).rstrip("\0 ")
+    if not value:
+        raise RejectedInstance("missing-attribute", f"no {keyword}")
+    if not is_valid_uid(value):
+        raise RejectedInstance("invalid-uid", f"{keyword} {value[:80]!r} is not a valid UID")
+    return value
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        return int(ds.get(keyword, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttributes:
+    """Pick the index attributes out of a parsed dataset (pure, no I/O)."""
+    study_uid = _required_uid(ds, "StudyInstanceUID")
+    series_uid = _required_uid(ds, "SeriesInstanceUID")
+    sop_uid = _required_uid(ds, "SOPInstanceUID")
+    sop_class = _text(ds, "SOPClassUID") or _text(ds.file_meta, "MediaStorageSOPClassUID")
+    if not sop_class:
+        raise RejectedInstance("missing-attribute", "no SOPClassUID")
+    reason_src = _request_attribute(ds, "ReasonForTheRequestedProcedure")
+    reason_codes_src = _request_attribute(ds, "ReasonForRequestedProcedureCodeSequence")
+    patient = {
+        "PatientID": _text(ds, "PatientID"),
+        "IssuerOfPatientID": _text(ds, "IssuerOfPatientID"),
+        "IssuerOfPatientIDQualifiers": _issuer_qualifiers(
+            _first_item(ds, "IssuerOfPatientIDQualifiersSequence")
+        ),
+        "PatientName": _text(ds, "PatientName"),
+        "PatientBirthDate": _text(ds, "PatientBirthDate"),
+        "PatientSex": _text(ds, "PatientSex").upper(),
+    }
+    study = {
+        "StudyInstanceUID": study_uid,
+        "StudyDate": _text(ds, "StudyDate"),
+        "StudyTime": _text(ds, "StudyTime"),
+        "TimezoneOffsetFromUTC": _text(ds, "TimezoneOffsetFromUTC"),
+        "AccessionNumber": _text(ds, "AccessionNumber"),
+        "IssuerOfAccessionNumber": _issuer_qualifiers(
+            _first_item(ds, "IssuerOfAccessionNumberSequence")
+        ),
+        "StudyID": _text(ds, "StudyID"),
+        "StudyDescription": _text(ds, "StudyDescription"),
+        "ReferringPhysicianName": _text(ds, "ReferringPhysicianName"),
+        "NameOfPhysiciansReadingStudy": _names(ds, "NameOfPhysiciansReadingStudy"),
+        "ProcedureCodeSequence": _codes(ds, "ProcedureCodeSequence"),
+        "ReasonForTheRequestedProcedure": _text(reason_src, "ReasonForTheRequestedProcedure"),
+        "ReasonForRequestedProcedureCodeSequence": _codes(
+            reason_codes_src, "ReasonForRequestedProcedureCodeSequence"
+        ),
+    }
+    series = {
+        "SeriesInstanceUID": series_uid,
+        "Modality": _text(ds, "Modality").upper(),
+        "SeriesNumber": _text(ds, "SeriesNumber"),
+        "SeriesDescription": _text(ds, "SeriesDescription"),
+        "BodyPartExamined": _text(ds, "BodyPartExamined").upper(),
+        "Laterality": _text(ds, "Laterality").upper() or _text(ds, "ImageLaterality").upper(),
+        "SeriesDate": _text(ds, "SeriesDate"),
+        "SeriesTime": _text(ds, "SeriesTime"),
+        "PerformingPhysicianName": _names(ds, "PerformingPhysicianName"),
+        "OperatorsName": _names(ds, "OperatorsName"),
+    }
+    instance = {
+        "SOPInstanceUID": sop_uid,
+        "SOPClassUID": sop_class,
+        "InstanceNumber": _text(ds, "InstanceNumber"),
+        "title": _title(ds),
+        "TransferSyntaxUID": transfer_syntax,
+        "NumberOfFrames": _int(ds, "NumberOfFrames", 1),
+    }
+    return InstanceAttributes(patient, study, series, instance)
+
+
+def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, size: int) -> None:
+    """After a stop-before-pixels read, check that the Pixel Data element fits the file."""
+    start = fp.tell()
+    if start >= size:
+        return
+    header = fp.read(12)
+    implicit, little = ds.original_encoding
+    endian = "<" if little else ">"
+    if len(header) < 8:
+        raise RejectedInstance("truncated", "file ends inside the Pixel Data header")
+    if implicit:
+        (length,) = struct.unpack(endian + "I", header[4:8])
+        value_start = start + 8
+    else:
+        if len(header) < 12:
+            raise RejectedInstance("truncated", "file ends inside the Pixel Data header")
+        (length,) = struct.unpack(endian + "I", header[8:12])
+        value_start = start + 12
+    if length == 0xFFFFFFFF:
+        fp.seek(max(start, size - 4096))
+        tail = fp.read()
+        delimiter = _SEQUENCE_DELIMITER_LE if little else _SEQUENCE_DELIMITER_BE
+        if delimiter not in tail:
+            raise RejectedInstance("truncated", "encapsulated Pixel Data has no end delimiter")
+    elif value_start + length > size:
+        raise RejectedInstance(
+            "truncated", f"Pixel Data needs {length} bytes, file has {size - value_start}"
+        )
+
+
+def read_instance(fp: BinaryIO, size: int) -> InstanceAttributes:
+    """Parse the header of an open DICOM file and return its index attributes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attributes = _read(fp, size)
+    if not caught:
+        return attributes
+    notes = tuple(dict.fromkeys(str(w.message) for w in caught))
+    return dataclasses.replace(attributes, warnings=notes)
+
+
+def _read(fp: BinaryIO, size: int) -> InstanceAttributes:
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    except InvalidDicomError as exc:
+        raise RejectedInstance("not-dicom", str(exc)) from exc
+    except (EOFError, struct.error) as exc:
+        raise RejectedInstance("truncated", f"file ends inside the header ({exc})") from exc
+    except Exception as exc:  # pydicom raises many types on garbage input
+        raise RejectedInstance("not-dicom", f"{type(exc).__name__}: {exc}") from exc
+    if len(ds) == 0:
+        raise RejectedInstance("not-dicom", "no DICOM data elements found")
+    transfer_syntax = _text(ds.file_meta, "TransferSyntaxUID") or IMPLICIT_VR_LITTLE_ENDIAN
+    try:
+        attributes = attributes_from_dataset(ds, transfer_syntax)
+    except RejectedInstance as exc:
+        if exc.reason == "missing-attribute" and ds.preamble is None and not ds.file_meta:
+            raise RejectedInstance("not-dicom", f"no DICOM preamble and {exc.detail}") from exc
+        raise
+    except Exception as exc:  # a value pydicom cannot decode
+        raise RejectedInstance("malformed", f"{type(exc).__name__}: {exc}") from exc
+    _check_pixel_data_complete(fp, ds, size)
+    return attributes

@@ -1,0 +1,135 @@
+"""The index schema: patients, studies, series and instances, each attribute at its true
+DICOM level, with DICOM keywords verbatim as column names.
+
+Derived columns (counts, modalities, search keys) are kept correct by ``index.writer``
+as instances arrive. Alembic migrations in ``index/migrations`` create this schema; a
+test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    # FHIR id, derived from (IssuerOfPatientID, PatientID); see mapping.ids
+    Column("resource_id", String(64), nullable=False, unique=True),
+    Column("PatientID", Text, nullable=False),
+    Column("IssuerOfPatientID", Text, nullable=False),
+    # the FHIR identifier system derived from the issuer, "" when none is known
+    Column("identifier_system", Text, nullable=False),
+    Column("PatientName", Text, nullable=False),
+    Column("PatientBirthDate", Text, nullable=False),
+    Column("PatientSex", Text, nullable=False),
+    # name parts for FHIR string search, packed as |part|part| (see mapping.names):
+    # *_search lower-cased and accent-folded, *_exact as written
+    Column("name_search", Text, nullable=False),
+    Column("family_search", Text, nullable=False),
+    Column("given_search", Text, nullable=False),
+    Column("name_exact", Text, nullable=False),
+    Column("family_exact", Text, nullable=False),
+    Column("given_exact", Text, nullable=False),
+    # the implicit range of birthDate, microseconds since the epoch, inclusive
+    Column("birth_low", BigInteger, nullable=True),
+    Column("birth_high", BigInteger, nullable=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),  # microseconds since the epoch
+)
+Index("ix_patient_identifier", patient.c.PatientID, patient.c.identifier_system)
+
+study = Table(
+    "study",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("StudyInstanceUID", String(64), nullable=False, unique=True),
+    Column("patient_pk", Integer, ForeignKey("patient.pk"), nullable=False, index=True),
+    Column("StudyDate", Text, nullable=False),
+    Column("StudyTime", Text, nullable=False),
+    Column("TimezoneOffsetFromUTC", Text, nullable=False),
+    Column("AccessionNumber", Text, nullable=False),
+    # FHIR system of the accession number's issuer, "" when none
+    Column("accession_system", Text, nullable=False),
+    Column("accession_issuer", Text, nullable=False),  # display name of the issuer
+    Column("StudyID", Text, nullable=False),
+    Column("StudyDescription", Text, nullable=False),
+    Column("ReferringPhysicianName", Text, nullable=False),
+    Column("NameOfPhysiciansReadingStudy", Text, nullable=False),  # JSON list of PN
+    Column("ProcedureCodeSequence", Text, nullable=False),  # JSON list of codes
+    Column("ReasonForTheRequestedProcedure", Text, nullable=False),
+    Column("ReasonForRequestedProcedureCodeSequence", Text, nullable=False),  # JSON
+    # the implicit range of `started` in microseconds since the epoch (UTC), inclusive
+    Column("started_low", BigInteger, nullable=True),
+    Column("started_high", BigInteger, nullable=True),
+    Column("number_of_series", Integer, nullable=False),
+    Column("number_of_instances", Integer, nullable=False),
+    Column("modalities", Text, nullable=False),  # backslash-separated, sorted
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+)
+Index("ix_study_started", study.c.started_low, study.c.started_high)
+Index("ix_study_last_updated", study.c.last_updated)
+Index("ix_study_accession", study.c.AccessionNumber)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("SeriesInstanceUID", String(64), nullable=False, unique=True),
+    Column("study_pk", Integer, ForeignKey("study.pk"), nullable=False, index=True),
+    Column("Modality", Text, nullable=False),
+    Column("SeriesNumber", Text, nullable=False),
+    Column("SeriesDescription", Text, nullable=False),
+    Column("BodyPartExamined", Text, nullable=False),
+    Column("Laterality", Text, nullable=False),
+    Column("SeriesDate", Text, nullable=False),
+    Column("SeriesTime", Text, nullable=False),
+    Column("PerformingPhysicianName", Text, nullable=False),  # JSON list of PN
+    Column("OperatorsName", Text, nullable=False),  # JSON list of PN
+    Column("number_of_instances", Integer, nullable=False),
+)
+Index("ix_series_modality", series.c.Modality)
+Index("ix_series_body_part", series.c.BodyPartExamined)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("SOPInstanceUID", String(64), nullable=False, unique=True),
+    Column("series_pk", Integer, ForeignKey("series.pk"), nullable=False, index=True),
+    Column("SOPClassUID", Text, nullable=False, index=True),
+    Column("InstanceNumber", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("TransferSyntaxUID", Text, nullable=False),
+    Column("NumberOfFrames", Integer, nullable=False),
+    Column("blob", Text, nullable=False),  # path relative to the blob root
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("stored_at", BigInteger, nullable=False),
+)
+
+# Multi-valued study-level codes, one row a code, for token search (param: "reason").
+study_code = Table(
+    "study_code",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", Integer, ForeignKey("study.pk", ondelete="CASCADE"), nullable=False),
+    Column("param", String(32), nullable=False),
+    Column("system", Text, nullable=False),
+    Column("code", Text, nullable=False),
+)
+Index("ix_study_code_lookup", study_code.c.param, study_code.c.code)
+Index("ix_study_code_study", study_code.c.study_pk)

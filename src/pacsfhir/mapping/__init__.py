@@ -1,0 +1,1 @@
+"""Pure DICOM -> FHIR mapping: no I/O."""

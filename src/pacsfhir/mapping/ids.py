@@ -1,0 +1,52 @@
+"""Resource ids and identifier systems derived from DICOM values (pure)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+# A fixed namespace so a (issuer, Patient ID) pair always yields the same Patient id.
+_PATIENT_NAMESPACE = uuid.UUID("5d8a3e2c-6f0b-4f43-9d39-3a4b6f4f6b10")
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+ENDPOINT_ID = "dicomweb"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+
+
+def patient_resource_id(issuer: str, patient_id: str, study_uid: str) -> str:
+    """FHIR id of the Patient for (Issuer of Patient ID, Patient ID).
+
+    An empty Patient ID identifies nobody: such a study gets a patient of its own
+    (derived from its Study Instance UID) rather than being merged with strangers.
+    """
+    key = f"{issuer}\\{patient_id}" if patient_id else f"\\\\study:{study_uid}"
+    return str(uuid.uuid5(_PATIENT_NAMESPACE, key))
+
+
+def issuer_system(issuer: str, qualifiers: dict[str, str]) -> str:
+    """The FHIR identifier system for a DICOM issuer ("" when none can be stated).
+
+    Universal Entity ID of type ISO -> urn:oid:, UUID -> urn:uuid:, URI -> itself; an
+    issuer that is itself an OID -> urn:oid:. A local issuer name is not a URI; it is
+    kept as the identifier's assigner display instead.
+    """
+    universal = qualifiers.get("UniversalEntityID", "")
+    kind = qualifiers.get("UniversalEntityIDType", "").upper()
+    if universal:
+        if kind == "ISO" and _OID.fullmatch(universal):
+            return f"urn:oid:{universal}"
+        if kind == "UUID":
+            return f"urn:uuid:{universal.lower()}"
+        if kind in ("URI", "URL") and ":" in universal:
+            return universal
+    if _OID.fullmatch(issuer):
+        return f"urn:oid:{issuer}"
+    return ""
+
+
+def issuer_display(issuer: str, qualifiers: dict[str, str]) -> str:
+    return issuer or qualifiers.get("LocalNamespaceEntityID", "")
+
+
+def uid_urn(uid: str) -> str:
+    return f"urn:oid:{uid}"

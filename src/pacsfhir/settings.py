@@ -1,0 +1,161 @@
+"""One typed Settings object: command-line flag > env PACSFHIR_* > config file > default.
+
+Every setting is declared once in ``SETTINGS`` with its type, default and a line of
+documentation; ``docs/settings.md`` and the CLI help are checked against this table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pacsfhir.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "PACSFHIR_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("config", str, "", "TOML config file; its keys are these names in lower case"),
+    Setting("data", str, "pacsfhir-data", "Data folder: stored DICOM blobs and the SQLite index"),
+    Setting(
+        "database_url",
+        str,
+        "",
+        "Index database URL; default sqlite:///<data>/index.db, or postgresql://...",
+    ),
+    Setting(
+        "base_url",
+        str,
+        "",
+        "Public base URL used in every absolute link; default http://<host>:<port>",
+    ),
+    Setting("host", str, "127.0.0.1", "Address the HTTP server binds to"),
+    Setting("port", int, 8080, "Port the HTTP server listens on"),
+    Setting(
+        "auth",
+        str,
+        "none",
+        "Token checking: none (development, loopback only), introspection or jwt",
+    ),
+    Setting(
+        "dicom_timezone",
+        str,
+        "",
+        "UTC offset (+HHMM) assumed for DICOM times without Timezone Offset From UTC; "
+        "empty: such times are reported with date precision only",
+    ),
+    Setting("ingest_workers", int, 0, "Processes that parse DICOM during ingest; 0 = one per core"),
+    Setting(
+        "ingest_batch", int, 256, "Instances written per durable batch (one fsync, one commit)"
+    ),
+    Setting("default_count", int, 50, "Search page size when _count is not given"),
+    Setting("max_count", int, 1000, "Largest _count honoured"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: str = ""
+    data: str = "pacsfhir-data"
+    database_url: str = ""
+    base_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    auth: str = "none"
+    dicom_timezone: str = ""
+    ingest_workers: int = 0
+    ingest_batch: int = 256
+    default_count: int = 50
+    max_count: int = 1000
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data)
+
+    @property
+    def index_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
+
+    @property
+    def public_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def fhir_base_url(self) -> str:
+        return self.public_base_url + "/fhir"
+
+    @property
+    def dicomweb_base_url(self) -> str:
+        return self.public_base_url + "/dicom-web"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    if isinstance(raw, setting.kind):
+        return raw
+    try:
+        return setting.kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{setting.name} from {source}: {raw!r} is not a valid {setting.kind.__name__}"
+        ) from exc
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(raw) - set(_BY_NAME))
+    if unknown:
+        raise ConfigurationError(f"config file {path}: unknown settings {', '.join(unknown)}")
+    return raw
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve every setting: flag > environment > config file > default."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    config_path = flags.get("config") or environ.get("PACSFHIR_CONFIG", "")
+    from_file = _read_config_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in flags:
+            values[setting.name] = _coerce(setting, flags[setting.name], "flag")
+        elif setting.env in environ:
+            values[setting.name] = _coerce(setting, environ[setting.env], setting.env)
+        elif setting.name in from_file:
+            values[setting.name] = _coerce(setting, from_file[setting.name], config_path)
+        else:
+            values[setting.name] = setting.default
+    if values["auth"] not in ("none", "introspection", "jwt"):
+        raise ConfigurationError(f"auth must be none, introspection or jwt, not {values['auth']!r}")
+    return Settings(**values)
