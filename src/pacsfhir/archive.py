@@ -24,6 +24,7 @@ class Archive:
         migrate(engine)
         blobs = BlobStore(settings.data_dir / "blobs")
         blobs.ensure()
+        blobs.sweep_incoming()
         return cls(settings, engine, blobs)
 
     def close(self) -> None:

@@ -258,6 +258,13 @@ def test_bundle_and_contained_resources_pass() -> None:
     assert fhir_r4.validate(bundle) == []
 
 
+def test_no_invariant_of_the_resources_we_emit_is_skipped() -> None:
+    before = set(fhir_r4.SKIPPED_CONSTRAINTS)
+    for resource in (MINIMAL, HL7_EXAMPLE, HL7_EXAMPLE_XR, ENDPOINT):
+        fhir_r4.validate(resource)
+    assert set(fhir_r4.SKIPPED_CONSTRAINTS) == before
+
+
 def test_validate_does_not_modify_the_resource() -> None:
     resource = copy.deepcopy(HL7_EXAMPLE_XR)
     fhir_r4.validate(resource)
@@ -305,6 +312,16 @@ def test_identifier_with_invalid_use_code() -> None:
     assert problems_about(with_changes(MINIMAL, identifier=identifier), "identifier[0].use")
 
 
+@pytest.mark.parametrize("subject", ["Patient/p1", None, ["Patient/p1"], 1])
+def test_complex_element_must_be_an_object(subject: Any) -> None:
+    study = {**MINIMAL, "subject": subject}
+    assert problems_about(study, "ImagingStudy.subject")
+
+
+def test_backbone_element_must_be_an_object() -> None:
+    assert problems_about(with_changes(MINIMAL, series=["1.2.3"]), "ImagingStudy.series[0]")
+
+
 def test_unknown_property() -> None:
     assert problems_about(with_changes(MINIMAL, studyInstanceUid="1.2.3"), "studyInstanceUid")
 
@@ -327,6 +344,20 @@ def test_endpoint_missing_connection_type_and_payload_type() -> None:
     endpoint = with_changes(ENDPOINT, connectionType=None, payloadType=None)
     assert problems_about(endpoint, "connectionType")
     assert problems_about(endpoint, "payloadType")
+
+
+def test_empty_arrays_and_objects_are_not_allowed() -> None:
+    assert problems_about(with_changes(MINIMAL, series=[]), "arrays SHALL NOT be empty")
+    assert problems_about(with_changes(MINIMAL, subject={}), "[invariant ele-1]")
+
+
+def test_codeable_concept_required_binding() -> None:
+    system = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    condition = {"resourceType": "Condition", "subject": {"reference": "Patient/p"}}
+    active = {"coding": [{"system": system, "code": "active"}]}
+    assert fhir_r4.validate({**condition, "clinicalStatus": active}) == []
+    bogus = {"coding": [{"system": system, "code": "bogus"}], "text": "Bogus"}
+    assert problems_about({**condition, "clinicalStatus": bogus}, "[binding]")
 
 
 def test_two_choice_type_values_exceed_cardinality() -> None:
@@ -391,7 +422,7 @@ def test_search_parameters_for_imaging_study() -> None:
     assert params["_id"]["type"] == "token"
     assert params["_lastUpdated"]["type"] == "date"
     assert params["patient"]["expression"] == "ImagingStudy.subject.where(resolve() is Patient)"
-    assert params["modality"] == {**params["modality"], "type": "token"}
+    assert params["modality"]["type"] == "token"
     assert params["modality"]["expression"] == "ImagingStudy.series.modality"
     assert all("type" in p and "expression" in p for p in params.values())
 

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,16 @@ class BlobStore:
 
     def ensure(self) -> None:
         self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def sweep_incoming(self, older_than: float = 3600.0) -> int:
+        """Remove staged files left by a crash (old enough that no writer still owns them)."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for entry in os.scandir(self.incoming):
+            if entry.name.endswith(".part") and entry.stat().st_mtime < cutoff:
+                self.discard(entry.path)
+                removed += 1
+        return removed
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
         for uid in (study_uid, series_uid, sop_uid):

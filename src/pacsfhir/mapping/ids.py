@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -19,8 +20,8 @@ def patient_resource_id(issuer: str, patient_id: str, study_uid: str) -> str:
     An empty Patient ID identifies nobody: such a study gets a patient of its own
     (derived from its Study Instance UID) rather than being merged with strangers.
     """
-    key = f"{issuer}\\{patient_id}" if patient_id else f"\\\\study:{study_uid}"
-    return str(uuid.uuid5(_PATIENT_NAMESPACE, key))
+    parts = [issuer, patient_id] if patient_id else ["", "", study_uid]
+    return str(uuid.uuid5(_PATIENT_NAMESPACE, json.dumps(parts)))
 
 
 def issuer_system(issuer: str, qualifiers: dict[str, str]) -> str:

@@ -174,13 +174,14 @@ def parse_reference(raw: str, type_hint: str, targets: Sequence[str], fhir_base:
 def _parse_values(
     name: str, definition: ParamDef, modifier: str, raw: str, fhir_base: str
 ) -> tuple[Value, ...]:
-    values = split_values(raw)
-    if len(values) > MAX_VALUES:
+    pieces = _ESCAPED_SPLIT.split(raw)
+    if len(pieces) > MAX_VALUES:
         raise TooCostly(f"{name}: more than {MAX_VALUES} values")
+    if definition.type is T.TOKEN:
+        return tuple(_split_token(p) for p in pieces)  # unescapes after splitting on |
+    values = [_unescape(p) for p in pieces]
     if definition.type is T.DATE:
         return tuple(parse_date(v) for v in values)
-    if definition.type is T.TOKEN:
-        return tuple(_split_token(v) for v in values)
     if definition.type is T.REFERENCE:
         return tuple(parse_reference(v, modifier, definition.targets, fhir_base) for v in values)
     return tuple(values)

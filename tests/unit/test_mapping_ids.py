@@ -1,0 +1,83 @@
+"""Patient ids and identifier systems derived from DICOM issuers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pacsfhir.dicom.uids import is_valid_uid
+from pacsfhir.mapping.ids import issuer_system, patient_resource_id
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def test_patient_id_is_deterministic_and_a_fhir_id() -> None:
+    first = patient_resource_id("HOSP", "123", "1.2.3")
+    assert first == patient_resource_id("HOSP", "123", "9.9.9")
+    assert FHIR_ID.fullmatch(first)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("HOSP", "123", "1.2"), ("OTHER", "123", "1.2")),  # same ID, other issuer
+        (("", "123", "1.2"), ("", "1234", "1.2")),
+        (("A\\B", "C", "1.2"), ("A", "B\\C", "1.2")),  # no ambiguity through the separator
+        (("", "", "1.2.3"), ("", "", "1.2.4")),  # no Patient ID: one patient per study
+    ],
+)
+def test_distinct_patients_get_distinct_ids(
+    a: tuple[str, str, str], b: tuple[str, str, str]
+) -> None:
+    assert patient_resource_id(*a) != patient_resource_id(*b)
+
+
+@pytest.mark.parametrize(
+    ("issuer", "qualifiers", "expected"),
+    [
+        ("HOSP", {}, ""),
+        ("1.2.840.113619", {}, "urn:oid:1.2.840.113619"),
+        (
+            "HOSP",
+            {"UniversalEntityID": "2.16.840.1.1", "UniversalEntityIDType": "ISO"},
+            "urn:oid:2.16.840.1.1",
+        ),
+        (
+            "",
+            {
+                "UniversalEntityID": "C5A1E2B0-0000-4000-8000-000000000001",
+                "UniversalEntityIDType": "UUID",
+            },
+            "urn:uuid:c5a1e2b0-0000-4000-8000-000000000001",
+        ),
+        (
+            "",
+            {"UniversalEntityID": "https://hosp.example/ids", "UniversalEntityIDType": "URI"},
+            "https://hosp.example/ids",
+        ),
+        ("", {"UniversalEntityID": "not an oid", "UniversalEntityIDType": "ISO"}, ""),
+    ],
+)
+def test_issuer_system(issuer: str, qualifiers: dict[str, str], expected: str) -> None:
+    assert issuer_system(issuer, qualifiers) == expected
+
+
+@pytest.mark.parametrize(
+    ("uid", "valid"),
+    [
+        ("1.2.840.10008.1.2", True),
+        ("1.2.3.04", True),  # leading zero: not conformant, common, harmless
+        ("1" * 64, True),
+        ("1" * 65, False),
+        ("1..2", False),
+        (".1.2", False),
+        ("1.2.", False),
+        ("../../etc/passwd", False),
+        ("1.2.3\0", False),
+        ("", False),
+        ("1.2.abc", False),
+    ],
+)
+def test_uid_validation(uid: str, valid: bool) -> None:
+    assert is_valid_uid(uid) is valid
