@@ -113,7 +113,7 @@ def _instance(row: Row) -> dict[str, Any]:
     return result
 
 
-def _series(rows: SeriesRows, timezone: str) -> dict[str, Any]:
+def _series(rows: SeriesRows, offset: str, timezone: str) -> dict[str, Any]:
     series = rows.series
     result: dict[str, Any] = {"uid": series["SeriesInstanceUID"]}
     number = _unsigned(series["SeriesNumber"])
@@ -129,7 +129,7 @@ def _series(rows: SeriesRows, timezone: str) -> dict[str, Any]:
     laterality = _laterality(series["Laterality"])
     if laterality:
         result["laterality"] = laterality
-    started = dicom_datetime(series["SeriesDate"], series["SeriesTime"], "", timezone)
+    started = dicom_datetime(series["SeriesDate"], series["SeriesTime"], offset, timezone)
     if started:
         result["started"] = started
     performers = _performers(series)
@@ -144,11 +144,9 @@ def _series(rows: SeriesRows, timezone: str) -> dict[str, Any]:
 
 
 def study_modalities(series_modalities: Sequence[str]) -> list[str]:
-    """ImagingStudy.modality: the acquisition modalities among the series (all of them
-    when none is an acquisition modality, e.g. a study of reports only)."""
-    distinct = sorted({m for m in series_modalities if m})
-    acquisition = [m for m in distinct if codes.is_acquisition_modality(m)]
-    return acquisition or distinct
+    """ImagingStudy.modality: in R4, only the series modalities that are acquisition
+    modalities (DICOM CID 29); a study of reports only has none."""
+    return sorted({m for m in series_modalities if codes.is_acquisition_modality(m)})
 
 
 def imaging_study(
@@ -170,9 +168,9 @@ def imaging_study(
         "identifier": identifiers(study),
         "status": "available",
     }
-    modalities = [m for m in study["modalities"].split("\\") if m]
+    modalities = study_modalities(study["modalities"].split("\\"))
     if modalities:
-        resource["modality"] = [codes.modality_coding(m) for m in study_modalities(modalities)]
+        resource["modality"] = [codes.modality_coding(m) for m in modalities]
     subject: dict[str, Any] = {"reference": f"Patient/{patient['resource_id']}"}
     patient_display = display_name(patient["PatientName"])
     if patient_display:
@@ -208,5 +206,7 @@ def imaging_study(
             series,
             key=lambda s: (_number_key(s.series["SeriesNumber"]), s.series["SeriesInstanceUID"]),
         )
-        resource["series"] = [_series(s, timezone) for s in ordered]
+        # Timezone Offset From UTC (SOP Common) applies to every DA/TM in the instance
+        offset = study["TimezoneOffsetFromUTC"]
+        resource["series"] = [_series(s, offset, timezone) for s in ordered]
     return resource
