@@ -376,6 +376,22 @@ def test_data_type_invariant_ext_1() -> None:
     assert problems_about(with_changes(MINIMAL, extension=extension), "[invariant ext-1]")
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "valid"),
+    [
+        ("2020-01-01T10:00:00+01:00", "2020-01-01T09:30:00Z", True),  # 09:00Z < 09:30Z
+        ("2020-01-01T10:00:00Z", "2020-01-01T09:30:00+01:00", False),
+        ("2020-01-01", "2020-01-01T10:00:00Z", True),
+        ("2020-01-02", "2020-01-01", False),
+    ],
+)
+def test_period_start_not_after_end(start: str, end: str, valid: bool) -> None:
+    endpoint = {**ENDPOINT, "period": {"start": start, "end": end}}
+    problems = fhir_r4.validate(endpoint)
+    assert (problems == []) is valid, problems
+    assert valid or "[invariant per-1]" in problems[0]
+
+
 def test_local_reference_needs_a_contained_resource() -> None:
     assert problems_about(with_changes(MINIMAL, subject={"reference": "#p"}), "[invariant ref-1]")
 
