@@ -59,12 +59,18 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+def _person_name(value: object) -> str:
+    """A PN value, or "" when every component is empty (``^^^^``, ``=^``)."""
+    text = str(value).strip()
+    return text if text.strip("^= ") else ""
+
+
 def _names(ds: Dataset, keyword: str) -> list[str]:
     value = ds.get(keyword)
     if value is None or value == "":
         return []
     values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
-    return [str(v).strip() for v in values if str(v).strip()]
+    return [name for name in (_person_name(v) for v in values) if name]
 
 
 def _codes(ds: Dataset, keyword: str) -> list[dict[str, str]]:
@@ -151,7 +157,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttrib
         "IssuerOfPatientIDQualifiers": _issuer_qualifiers(
             _first_item(ds, "IssuerOfPatientIDQualifiersSequence")
         ),
-        "PatientName": _text(ds, "PatientName"),
+        "PatientName": _person_name(_text(ds, "PatientName")),
         "PatientBirthDate": _text(ds, "PatientBirthDate"),
         "PatientSex": _text(ds, "PatientSex").upper(),
     }
@@ -166,7 +172,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttrib
         ),
         "StudyID": _text(ds, "StudyID"),
         "StudyDescription": _text(ds, "StudyDescription"),
-        "ReferringPhysicianName": _text(ds, "ReferringPhysicianName"),
+        "ReferringPhysicianName": _person_name(_text(ds, "ReferringPhysicianName")),
         "NameOfPhysiciansReadingStudy": _names(ds, "NameOfPhysiciansReadingStudy"),
         "ProcedureCodeSequence": _codes(ds, "ProcedureCodeSequence"),
         "ReasonForTheRequestedProcedure": _text(reason_src, "ReasonForTheRequestedProcedure"),

@@ -28,6 +28,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # FULL: a committed batch survives power loss, not just a process crash.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # LIKE is case-sensitive in PostgreSQL; make SQLite agree (string :exact relies on it)
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.execute("PRAGMA mmap_size=268435456")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.sql.elements import False_
 
 from pacsfhir.errors import InvalidSearchParameter
 from pacsfhir.index.schema import instance, patient, series, study, study_code
@@ -115,10 +116,14 @@ def _identifier_clause(token: Token) -> Clause:
 
 
 def _series_exists(condition: Clause) -> Clause:
+    if isinstance(condition, False_):
+        return condition
     return exists().where(series.c.study_pk == study.c.pk, condition)
 
 
 def _instance_exists(condition: Clause) -> Clause:
+    if isinstance(condition, False_):
+        return condition  # not an EXISTS over a join that `false` would collapse
     return exists().where(
         series.c.study_pk == study.c.pk, instance.c.series_pk == series.c.pk, condition
     )
@@ -149,6 +154,10 @@ def _token_clause(param: str, token: Token) -> Clause:
             _fixed_system_code(token, codes.RFC3986, instance.c.SOPClassUID, _urn_oid)
         )
     if param == "bodysite":
+        if token.code is None:  # `system|`: only the terms that have a SNOMED code
+            coded = _system_ok(token, codes.SNOMED)
+            terms = sorted(BODY_PART_SNOMED) if coded else []
+            return _series_exists(series.c.BodyPartExamined.in_(terms) if terms else false())
         return _series_exists(
             _fixed_system_code(token, codes.SNOMED, series.c.BodyPartExamined, _body_part_terms)
         )
