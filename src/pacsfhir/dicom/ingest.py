@@ -9,6 +9,7 @@ that leaves at most an unreferenced blob, never an index row without its file.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from pacsfhir.errors import RejectedInstance
 from pacsfhir.index.writer import IndexRecord, existing_instances, write_instances
 
 _PATHS_PER_TASK = 32
+_PARSE_IN_MEMORY = 1 << 20  # files up to this size are read once and parsed from memory
 
 
 class Outcome(Enum):
@@ -78,12 +80,15 @@ class IngestSummary:
         return sum(self.counts.values())
 
 
-def prepare_staged(source: str, staged: StagedFile, blobs: BlobStore) -> Prepared | Rejected:
-    """Read a staged file; a rejected one is removed from staging."""
+def prepare_staged(
+    source: str, staged: StagedFile, blobs: BlobStore, content: bytes | None = None
+) -> Prepared | Rejected:
+    """Read a staged file (from ``content`` when it holds the whole file); a rejected one
+    is removed from staging."""
     try:
         if staged.size == 0:
             raise RejectedInstance("not-dicom", "empty file")
-        with open(staged.path, "rb") as fp:
+        with io.BytesIO(content) if content is not None else open(staged.path, "rb") as fp:
             attributes = read_instance(fp, staged.size)
     except RejectedInstance as exc:
         blobs.discard(staged.path)
@@ -96,10 +101,13 @@ def prepare_file(path: str, blob_root: str) -> Prepared | Rejected:
     blobs = BlobStore(Path(blob_root))
     try:
         with open(path, "rb") as source:
-            staged = blobs.stage_stream(source)
+            head = source.read(_PARSE_IN_MEMORY)
+            staged = blobs.stage_stream(source, head)
     except OSError as exc:
         return Rejected(path, "unreadable", exc.strerror or str(exc))
-    return prepare_staged(path, staged, blobs)
+    # small files (most instances) are parsed from memory; large ones from the staged copy
+    whole = head if staged.size == len(head) else None
+    return prepare_staged(path, staged, blobs, whole)
 
 
 def _prepare_many(paths: Sequence[str], blob_root: str) -> list[Prepared | Rejected]:

@@ -63,12 +63,13 @@ class BlobStore:
     def absolute(self, relative: str) -> Path:
         return self.root / relative
 
-    def stage_stream(self, source: BinaryIO) -> StagedFile:
-        """Copy a stream into ``incoming/``, hashing as it goes."""
+    def stage_stream(self, source: BinaryIO, head: bytes = b"") -> StagedFile:
+        """Copy ``head`` then the rest of a stream into ``incoming/``, hashing as it goes."""
         target = self.incoming / f"{uuid.uuid4().hex}.part"
-        digest = hashlib.sha256()
-        size = 0
+        digest = hashlib.sha256(head)
+        size = len(head)
         with open(target, "wb") as out:
+            out.write(head)
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)

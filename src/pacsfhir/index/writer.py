@@ -66,13 +66,18 @@ def _pks_by_key(conn: Connection, column: Any, keys: Sequence[str]) -> dict[str,
     return found
 
 
+def _patient_key(attrs: InstanceAttributes) -> str:
+    p = attrs.patient
+    return patient_resource_id(p["IssuerOfPatientID"], p["PatientID"], attrs.study_uid)
+
+
 def patient_row(attrs: InstanceAttributes) -> dict[str, Any]:
     p = attrs.patient
     qualifiers = p["IssuerOfPatientIDQualifiers"]
     birth_date = dicom_datetime(p["PatientBirthDate"], "", "")
     birth = fhir_period(birth_date) if birth_date else None
     return {
-        "resource_id": patient_resource_id(p["IssuerOfPatientID"], p["PatientID"], attrs.study_uid),
+        "resource_id": _patient_key(attrs),
         "PatientID": p["PatientID"],
         "IssuerOfPatientID": issuer_display(p["IssuerOfPatientID"], qualifiers),
         "identifier_system": issuer_system(p["IssuerOfPatientID"], qualifiers),
@@ -168,18 +173,21 @@ def write_instances(
     """Index a batch of stored instances (one transaction is the caller's)."""
     if not records:
         return
-    patients = {}
-    for r in records:
-        row = patient_row(r.attributes)
-        patients[row["resource_id"]] = {**row, "last_updated": now}
+    # The newest instance of each patient, study and series supplies its row (computed once).
+    latest_study = {r.attributes.study_uid: r.attributes for r in records}
+    latest_series = {r.attributes.series_uid: r.attributes for r in records}
+    study_patient = {uid: _patient_key(a) for uid, a in latest_study.items()}
+    latest_patient = {study_patient[uid]: a for uid, a in latest_study.items()}
+    patients = {key: {**patient_row(a), "last_updated": now} for key, a in latest_patient.items()}
     patient_pks = _upsert(conn, patient, "resource_id", patients, {"version_id": 1}, versioned=True)
-    studies = {}
-    for r in records:
-        row = study_row(r.attributes, timezone)
-        p_row = patient_row(r.attributes)
-        row["patient_pk"] = patient_pks[p_row["resource_id"]]
-        row["last_updated"] = now
-        studies[r.attributes.study_uid] = row
+    studies = {
+        uid: {
+            **study_row(a, timezone),
+            "patient_pk": patient_pks[study_patient[uid]],
+            "last_updated": now,
+        }
+        for uid, a in latest_study.items()
+    }
     study_defaults = {
         "number_of_series": 0,
         "number_of_instances": 0,
@@ -188,11 +196,10 @@ def write_instances(
     }
     study_pks = _upsert(conn, study, "StudyInstanceUID", studies, study_defaults)
     _replace_reason_codes(conn, study_pks, records)
-    series_rows = {}
-    for r in records:
-        row = series_row(r.attributes)
-        row["study_pk"] = study_pks[r.attributes.study_uid]
-        series_rows[r.attributes.series_uid] = row
+    series_rows = {
+        uid: {**series_row(a), "study_pk": study_pks[a.study_uid]}
+        for uid, a in latest_series.items()
+    }
     series_pks = _upsert(conn, series, "SeriesInstanceUID", series_rows, {"number_of_instances": 0})
     previous_series = {
         pk
