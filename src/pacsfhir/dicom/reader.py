@@ -19,6 +19,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pacsfhir.dicom.metadata import encode as encode_metadata
+from pacsfhir.dicom.metadata import instance_metadata
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import RejectedInstance
 
@@ -36,6 +38,7 @@ class InstanceAttributes:
     series: dict[str, Any]
     instance: dict[str, Any]
     warnings: tuple[str, ...] = field(default=())
+    metadata: bytes = b""  # DICOM JSON of the header (see dicom.metadata)
 
     @property
     def study_uid(self) -> str:
@@ -203,11 +206,12 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttrib
     return InstanceAttributes(patient, study, series, instance)
 
 
-def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, size: int) -> None:
-    """After a stop-before-pixels read, check that the Pixel Data element fits the file."""
+def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, size: int) -> str | None:
+    """After a stop-before-pixels read, check that the Pixel Data element fits the file;
+    return its VR (None when the file has no Pixel Data)."""
     start = fp.tell()
     if start >= size:
-        return
+        return None
     header = fp.read(12)
     implicit, little = ds.original_encoding
     endian = "<" if little else ">"
@@ -216,11 +220,13 @@ def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, size: int) -> None:
     if implicit:
         (length,) = struct.unpack(endian + "I", header[4:8])
         value_start = start + 8
+        vr = "OB" if length == 0xFFFFFFFF else "OW"
     else:
         if len(header) < 12:
             raise RejectedInstance("truncated", "file ends inside the Pixel Data header")
         (length,) = struct.unpack(endian + "I", header[8:12])
         value_start = start + 12
+        vr = header[4:6].decode("ascii", "replace")
     if length == 0xFFFFFFFF:
         fp.seek(max(start, size - 4096))
         tail = fp.read()
@@ -231,6 +237,7 @@ def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, size: int) -> None:
         raise RejectedInstance(
             "truncated", f"Pixel Data needs {length} bytes, file has {size - value_start}"
         )
+    return vr
 
 
 def read_instance(fp: BinaryIO, size: int) -> InstanceAttributes:
@@ -264,5 +271,6 @@ def _read(fp: BinaryIO, size: int) -> InstanceAttributes:
         raise
     except Exception as exc:  # a value pydicom cannot decode
         raise RejectedInstance("malformed", f"{type(exc).__name__}: {exc}") from exc
-    _check_pixel_data_complete(fp, ds, size)
-    return attributes
+    pixel_data_vr = _check_pixel_data_complete(fp, ds, size)
+    metadata = encode_metadata(instance_metadata(ds, pixel_data_vr))
+    return dataclasses.replace(attributes, metadata=metadata)

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from pacsfhir.dicom.uids import is_valid_uid
 
 CHUNK = 1 << 20
+METADATA_SUFFIX = ".json"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
@@ -93,13 +94,24 @@ class BlobStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)
 
+    def write_metadata(self, relative: str, metadata: bytes) -> None:
+        """The instance's DICOM JSON, beside its blob (durable with the next ``sync``)."""
+        with open(self.root / (relative + METADATA_SUFFIX), "wb") as out:
+            out.write(metadata)
+
+    def read_metadata(self, relative: str) -> bytes:
+        with open(self.root / (relative + METADATA_SUFFIX), "rb") as source:
+            return source.read()
+
     def discard(self, staged_path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged_path)
 
     def delete(self, relative: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.root / relative)
+        """Remove a blob and its metadata."""
+        for path in (self.root / relative, self.root / (relative + METADATA_SUFFIX)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def sync(self) -> None:
         """Flush every file and directory entry written so far to stable storage."""
