@@ -21,6 +21,7 @@ from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from pacsfhir.settings import Settings
+from tests.support.orthanc import Orthanc, orthanc_problem
 
 IN_CI = os.environ.get("CI") == "true"
 POSTGRES_URL = os.environ.get(
@@ -167,4 +168,14 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def live_server(sample_archive: Archive) -> Iterator[LiveServer]:
     with LiveServer(sample_archive) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """A real Orthanc with the DICOMweb plugin, empty; tests store what they need."""
+    problem = orthanc_problem()
+    if problem:
+        skip_or_fail(problem)
+    with Orthanc(tmp_path_factory.mktemp("orthanc"), free_port(), free_port()) as server:
         yield server

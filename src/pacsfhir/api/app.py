@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.responses import RedirectResponse, Response
 
 from pacsfhir import __version__
-from pacsfhir.api import fhir
+from pacsfhir.api import dicomweb, fhir
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
 from pacsfhir.settings import Settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     )
     app.state.archive = opened
     app.include_router(fhir.router)
+    dicomweb.mount(app)
 
     @app.get("/", include_in_schema=False)
     def home() -> Response:

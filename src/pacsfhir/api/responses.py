@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from pacsfhir.api.dicomweb_context import is_dicomweb
 from pacsfhir.errors import NotAcceptable, PacsFhirError
 from pacsfhir.mapping.bundle import operation_outcome
 
@@ -61,23 +62,41 @@ def outcome_response(status: int, code: str, message: str) -> FhirResponse:
     return FhirResponse(operation_outcome(severity, code, message), status_code=status)
 
 
-async def pacsfhir_error_handler(_request: Request, exc: Exception) -> Response:
+def dicomweb_error(status: int, message: str) -> Response:
+    """PS3.18 errors: the status says it; the reason goes in a Warning header and body."""
+    reason = message.replace('"', "'").replace("\r", " ").replace("\n", " ")[:500]
+    return Response(
+        json.dumps({"status": status, "message": message}),
+        status_code=status,
+        media_type="application/json",
+        headers={"Warning": f'299 pacsfhir "{reason}"'},
+    )
+
+
+def error_response(request: Request, status: int, code: str, message: str) -> Response:
+    """Render an error once, at the edge: PS3.18-style on DICOMweb routes, else FHIR."""
+    if is_dicomweb(request):
+        return dicomweb_error(status, message)
+    return outcome_response(status, code, message)
+
+
+async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PacsFhirError)
-    return outcome_response(exc.status, exc.issue_code, exc.message)
+    return error_response(request, exc.status, exc.issue_code, exc.message)
 
 
-async def http_error_handler(_request: Request, exc: Exception) -> Response:
+async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-    return outcome_response(exc.status_code, code, str(exc.detail))
+    return error_response(request, exc.status_code, code, str(exc.detail))
 
 
-async def validation_error_handler(_request: Request, exc: Exception) -> Response:
-    return outcome_response(400, "invalid", f"invalid request: {exc}")
+async def validation_error_handler(request: Request, exc: Exception) -> Response:
+    return error_response(request, 400, "invalid", f"invalid request: {exc}")
 
 
-async def unexpected_error_handler(_request: Request, exc: Exception) -> Response:
-    return outcome_response(500, "exception", f"internal error ({type(exc).__name__})")
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    return error_response(request, 500, "exception", f"internal error ({type(exc).__name__})")
 
 
 EXCEPTION_HANDLERS = {

@@ -1,0 +1,69 @@
+"""Index look-ups for the DICOMweb surface, always within a scope: the whole archive, or
+one patient's studies (the patient-scoped ``$wado-rs`` base), where anything else does
+not exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, Connection, select, true
+
+from pacsfhir.index.schema import instance, patient, series, study
+
+
+@dataclass(frozen=True)
+class Scope:
+    """``patient_id``: the FHIR id of the only patient visible; None: everything."""
+
+    patient_id: str | None = None
+
+    def clause(self) -> ColumnElement[bool]:
+        if self.patient_id is None:
+            return true()
+        return study.c.patient_pk.in_(
+            select(patient.c.pk).where(patient.c.resource_id == self.patient_id)
+        )
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    number_of_frames: int
+    blob: str
+    size: int
+
+
+def stored_instances(
+    conn: Connection,
+    scope: Scope,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+) -> list[StoredInstance]:
+    """The stored instances of a study, series or instance in ``scope``, in series and
+    instance number order; empty when nothing matches (or it is out of scope)."""
+    query = (
+        select(
+            study.c.StudyInstanceUID,
+            series.c.SeriesInstanceUID,
+            instance.c.SOPInstanceUID,
+            instance.c.SOPClassUID,
+            instance.c.TransferSyntaxUID,
+            instance.c.NumberOfFrames,
+            instance.c.blob,
+            instance.c.size,
+        )
+        .select_from(study.join(series).join(instance))
+        .where(study.c.StudyInstanceUID == study_uid, scope.clause())
+    )
+    if series_uid is not None:
+        query = query.where(series.c.SeriesInstanceUID == series_uid)
+    if sop_uid is not None:
+        query = query.where(instance.c.SOPInstanceUID == sop_uid)
+    rows = conn.execute(query).all()
+    instances = [StoredInstance(*row) for row in rows]
+    return sorted(instances, key=lambda i: (i.series_uid, i.sop_uid))
