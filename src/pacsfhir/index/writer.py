@@ -66,7 +66,7 @@ def _pks_by_key(conn: Connection, column: Any, keys: Sequence[str]) -> dict[str,
     return found
 
 
-def _patient_key(attrs: InstanceAttributes) -> str:
+def patient_key(attrs: InstanceAttributes) -> str:
     p = attrs.patient
     return patient_resource_id(p["IssuerOfPatientID"], p["PatientID"], attrs.study_uid)
 
@@ -77,7 +77,7 @@ def patient_row(attrs: InstanceAttributes) -> dict[str, Any]:
     birth_date = dicom_datetime(p["PatientBirthDate"], "", "")
     birth = fhir_period(birth_date) if birth_date else None
     return {
-        "resource_id": _patient_key(attrs),
+        "resource_id": patient_key(attrs),
         "PatientID": p["PatientID"],
         "IssuerOfPatientID": issuer_display(p["IssuerOfPatientID"], qualifiers),
         "identifier_system": issuer_system(p["IssuerOfPatientID"], qualifiers),
@@ -176,7 +176,7 @@ def write_instances(
     # The newest instance of each patient, study and series supplies its row (computed once).
     latest_study = {r.attributes.study_uid: r.attributes for r in records}
     latest_series = {r.attributes.series_uid: r.attributes for r in records}
-    study_patient = {uid: _patient_key(a) for uid, a in latest_study.items()}
+    study_patient = {uid: patient_key(a) for uid, a in latest_study.items()}
     latest_patient = {study_patient[uid]: a for uid, a in latest_study.items()}
     patients = {key: {**patient_row(a), "last_updated": now} for key, a in latest_patient.items()}
     patient_pks = _upsert(conn, patient, "resource_id", patients, {"version_id": 1}, versioned=True)
