@@ -245,3 +245,24 @@ def test_errors_never_leak_tracebacks(sample_client: TestClient) -> None:
     assert response.status_code == 404
     assert "Traceback" not in response.text
     outcome_of(sample_client.delete("/fhir/ImagingStudy/1.2.3"), 405)
+
+
+def test_compartment_studies_point_at_the_patients_dicomweb_base(
+    sample_client: TestClient, studies: list[dict[str, Any]]
+) -> None:
+    patient_id = studies[0]["subject"]["reference"].split("/")[1]
+    bundle = sample_client.get(
+        f"/fhir/Patient/{patient_id}/ImagingStudy",
+        params={"_include": "ImagingStudy:endpoint"},
+    ).json()
+    matches = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    wanted = f"Endpoint/wado-{patient_id}"
+    assert {m["endpoint"][0]["reference"] for m in matches} == {wanted}
+    (included,) = [e for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert included["resource"]["address"] == f"{BASE}/fhir/Patient/{patient_id}/$wado-rs"
+    assert sample_client.get(f"/fhir/{wanted}").json() == included["resource"]
+    by_endpoint = sample_client.get(
+        f"/fhir/Patient/{patient_id}/ImagingStudy", params={"endpoint": wanted}
+    ).json()
+    assert by_endpoint["total"] == len(matches)
+    outcome_of(sample_client.get("/fhir/Endpoint/wado-nobody"), 404)

@@ -28,7 +28,7 @@ from pacsfhir.mapping.bundle import (
 from pacsfhir.mapping.capability import capability_statement
 from pacsfhir.mapping.dates import fhir_period, from_micros
 from pacsfhir.mapping.endpoint import endpoint as endpoint_resource
-from pacsfhir.mapping.ids import ENDPOINT_ID
+from pacsfhir.mapping.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint_id
 from pacsfhir.mapping.imagingstudy import imaging_study
 from pacsfhir.mapping.patient import patient as patient_resource
 from pacsfhir.search.parse import encode_cursor, parse_search
@@ -101,10 +101,26 @@ def read_patient(request: Request, patient_id: str) -> Response:
 @router.get("/Endpoint/{endpoint_id}")
 def read_endpoint(request: Request, endpoint_id: str) -> Response:
     check_format(request)
-    if endpoint_id != ENDPOINT_ID:
+    archive = _archive(request)
+    patient_id = endpoint_patient(endpoint_id)
+    if endpoint_id == ENDPOINT_ID:
+        resource = endpoint_resource(archive.settings.dicomweb_base_url)
+    elif patient_id is not None and _patient_exists(archive, patient_id):
+        resource = _patient_endpoint(archive, patient_id)
+    else:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
-    resource = endpoint_resource(_archive(request).settings.dicomweb_base_url)
     return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=_pretty(request))
+
+
+def _patient_exists(archive: Archive, patient_id: str) -> bool:
+    with archive.engine.connect() as conn:
+        return queries.patient_by_resource_id(conn, patient_id) is not None
+
+
+def _patient_endpoint(archive: Archive, patient_id: str) -> dict[str, Any]:
+    """The Endpoint of one patient's DICOMweb base, where only their studies exist."""
+    address = f"{archive.settings.fhir_base_url}/Patient/{patient_id}/$wado-rs"
+    return endpoint_resource(address, patient_endpoint_id(patient_id))
 
 
 def _query_pairs(request: Request) -> list[tuple[str, str]]:
@@ -154,8 +170,11 @@ def _search(
         extra = study_table.c.patient_pk.in_(
             select(patient_table.c.pk).where(patient_table.c.resource_id == compartment_patient)
         )
+    endpoint_id = ENDPOINT_ID
+    if compartment_patient is not None:
+        endpoint_id = patient_endpoint_id(compartment_patient)
     with archive.engine.connect() as conn:
-        page = search_page(conn, search, extra)
+        page = search_page(conn, search, extra, endpoint_id)
         with_instances = search.summary not in ("true", "text")
         rows = queries.load_studies(conn, page.study_pks, with_instances=with_instances)
         patients = (
@@ -167,7 +186,11 @@ def _search(
     matches = []
     for row in rows:
         resource = imaging_study(
-            row.study, row.patient, row.series, timezone=settings.dicom_timezone
+            row.study,
+            row.patient,
+            row.series,
+            timezone=settings.dicom_timezone,
+            endpoint_id=endpoint_id,
         )
         if search.elements:
             resource = select_elements(resource, search.elements)
@@ -176,12 +199,12 @@ def _search(
         matches.append((f"{fhir_base}/ImagingStudy/{resource['id']}", resource))
     included = [(f"{fhir_base}/Patient/{p['resource_id']}", patient_resource(p)) for p in patients]
     if "endpoint" in search.includes and rows:
-        included.append(
-            (
-                f"{fhir_base}/Endpoint/{ENDPOINT_ID}",
-                endpoint_resource(settings.dicomweb_base_url),
-            )
+        endpoint = (
+            _patient_endpoint(archive, compartment_patient)
+            if compartment_patient is not None
+            else endpoint_resource(settings.dicomweb_base_url)
         )
+        included.append((f"{fhir_base}/Endpoint/{endpoint_id}", endpoint))
     base = settings.public_base_url + base_path
     next_url = None
     if page.next_cursor is not None:

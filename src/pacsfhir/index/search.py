@@ -314,7 +314,9 @@ def _present_clause(param: str) -> Clause:
     }[param]
 
 
-def criterion_clause(criterion: Criterion, now: int) -> Clause:
+def criterion_clause(criterion: Criterion, now: int, endpoint_id: str = ENDPOINT_ID) -> Clause:
+    """``endpoint_id``: the Endpoint the emitted studies reference (it is patient-scoped in
+    a Patient compartment search)."""
     if criterion.chain is not None:
         return _patient_subquery(_patient_clause(criterion.chain, now))
     if criterion.missing is not None:
@@ -327,7 +329,7 @@ def criterion_clause(criterion: Criterion, now: int) -> Clause:
         if ids:
             alternatives.append(_patient_subquery(patient.c.resource_id.in_(ids)))
     elif param == "endpoint":
-        if ENDPOINT_ID in _local_ids(criterion.values, "Endpoint"):
+        if endpoint_id in _local_ids(criterion.values, "Endpoint"):
             alternatives.append(true())
     elif param in ("started", "_lastUpdated"):
         low, high = (
@@ -368,14 +370,21 @@ def _after(columns: list[tuple[Any, bool]], cursor: Cursor) -> Clause:
     return clause
 
 
-def where_clause(request: SearchRequest, now: int | None = None) -> Clause:
+def where_clause(
+    request: SearchRequest, now: int | None = None, endpoint_id: str = ENDPOINT_ID
+) -> Clause:
     now = now if now is not None else time.time_ns() // 1000
-    return and_(true(), *(criterion_clause(c, now) for c in request.criteria))
+    return and_(true(), *(criterion_clause(c, now, endpoint_id) for c in request.criteria))
 
 
-def search_page(conn: Connection, request: SearchRequest, extra: Clause | None = None) -> Page:
+def search_page(
+    conn: Connection,
+    request: SearchRequest,
+    extra: Clause | None = None,
+    endpoint_id: str = ENDPOINT_ID,
+) -> Page:
     """One page of matching study pks, the total when asked for, and the next cursor."""
-    condition = where_clause(request)
+    condition = where_clause(request, endpoint_id=endpoint_id)
     if extra is not None:
         condition = and_(condition, extra)
     total = None

@@ -10,7 +10,8 @@ import uuid
 _PATIENT_NAMESPACE = uuid.UUID("5d8a3e2c-6f0b-4f43-9d39-3a4b6f4f6b10")
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 
-ENDPOINT_ID = "dicomweb"
+ENDPOINT_ID = "dicomweb"  # the archive-wide DICOMweb base
+_PATIENT_ENDPOINT = "wado-"  # + patient id: that patient's $wado-rs base
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
 
@@ -51,3 +52,15 @@ def issuer_display(issuer: str, qualifiers: dict[str, str]) -> str:
 
 def uid_urn(uid: str) -> str:
     return f"urn:oid:{uid}"
+
+
+def patient_endpoint_id(patient_id: str) -> str:
+    """The Endpoint id of a patient's scoped DICOMweb base (fits FHIR's 64 characters)."""
+    return _PATIENT_ENDPOINT + patient_id
+
+
+def endpoint_patient(endpoint_id: str) -> str | None:
+    """The patient of a patient-scoped Endpoint id, else None."""
+    if endpoint_id.startswith(_PATIENT_ENDPOINT):
+        return endpoint_id[len(_PATIENT_ENDPOINT) :]
+    return None

@@ -156,6 +156,7 @@ def imaging_study(
     *,
     timezone: str = "",
     elements_series: bool = True,
+    endpoint_id: str = ENDPOINT_ID,
 ) -> dict[str, Any]:
     """The ImagingStudy for one study; ``series`` may be empty when not wanted."""
     resource: dict[str, Any] = {
@@ -187,7 +188,7 @@ def imaging_study(
     interpreters = [display_name(n) for n in study["NameOfPhysiciansReadingStudy"]]
     if any(interpreters):
         resource["interpreter"] = [{"display": n} for n in interpreters if n]
-    resource["endpoint"] = [{"reference": f"Endpoint/{ENDPOINT_ID}"}]
+    resource["endpoint"] = [{"reference": f"Endpoint/{endpoint_id}"}]
     resource["numberOfSeries"] = study["number_of_series"]
     resource["numberOfInstances"] = study["number_of_instances"]
     procedures = [_codeable_concept(c) for c in study["ProcedureCodeSequence"]]
