@@ -65,6 +65,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("default_count", int, 50, "Search page size when _count is not given"),
     Setting("max_count", int, 1000, "Largest _count honoured"),
+    Setting(
+        "cors_origins",
+        str,
+        "",
+        "Comma-separated origins allowed to call the API from a browser (e.g. a viewer)",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -84,6 +90,7 @@ class Settings:
     ingest_batch: int = 256
     default_count: int = 50
     max_count: int = 1000
+    cors_origins: str = ""
 
     @property
     def data_dir(self) -> Path:

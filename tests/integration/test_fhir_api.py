@@ -266,3 +266,17 @@ def test_compartment_studies_point_at_the_patients_dicomweb_base(
     ).json()
     assert by_endpoint["total"] == len(matches)
     outcome_of(sample_client.get("/fhir/Endpoint/wado-nobody"), 404)
+
+
+def test_cors_only_for_configured_origins(sample_archive: Archive) -> None:
+    viewer = "http://viewer.test"
+    settings = sample_archive.settings.replace(cors_origins=viewer)
+    shared = Archive(settings, sample_archive.engine, sample_archive.blobs)
+    with TestClient(create_app(settings, shared)) as client:
+        preflight = client.options(
+            "/dicom-web/studies",
+            headers={"Origin": viewer, "Access-Control-Request-Method": "GET"},
+        )
+        assert preflight.headers["access-control-allow-origin"] == viewer
+        other = client.get("/fhir/metadata", headers={"Origin": "http://evil.test"})
+        assert "access-control-allow-origin" not in other.headers

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 
 from pacsfhir import __version__
@@ -37,6 +38,15 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
     )
     app.state.archive = opened
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "Last-Modified", "Location", "Warning", "Content-Location"],
+        )
     app.include_router(fhir.router)
     dicomweb.mount(app)
 
