@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,8 +55,6 @@ def _print_summary(summary: IngestSummary, seconds: float) -> None:
 
 
 def run_ingest(settings: Settings, paths: list[str], progress: bool) -> IngestSummary:
-    import time
-
     archive = Archive.open(settings)
     started = time.perf_counter()
     try:
