@@ -143,16 +143,33 @@ def _tail(boundary: str) -> bytes:
     return f"--{boundary}--\r\n".encode("ascii")
 
 
-def stream(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
-    """The body, chunk by chunk: each part's head, its body chunks, CRLF; then the
-    closing delimiter. Parts are consumed lazily, one at a time."""
+def _pieces(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     for part in parts:
         yield _head(part, boundary)
-        for chunk in part.body:
-            if chunk:
-                yield chunk
+        yield from part.body
         yield CRLF
     yield _tail(boundary)
+
+
+def stream(parts: Iterable[Part], boundary: str, batch: int = 256 * 1024) -> Iterator[bytes]:
+    """The body, chunk by chunk: each part's head, its body chunks, CRLF; then the
+    closing delimiter. Parts are consumed lazily, one at a time. Small pieces (heads,
+    small frames) are gathered into chunks of about ``batch`` bytes, so a body of many
+    small parts is not written a few bytes at a time; large chunks pass straight on."""
+    pending = bytearray()
+    for piece in _pieces(parts, boundary):
+        if len(piece) >= batch:
+            if pending:
+                yield bytes(pending)
+                pending.clear()
+            yield piece
+            continue
+        pending += piece
+        if len(pending) >= batch:
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)
 
 
 def length(parts: Sequence[Part], boundary: str) -> int | None:

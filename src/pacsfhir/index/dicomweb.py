@@ -44,8 +44,9 @@ def stored_instances(
     series_uid: str | None = None,
     sop_uid: str | None = None,
 ) -> list[StoredInstance]:
-    """The stored instances of a study, series or instance in ``scope``, in series and
-    instance number order; empty when nothing matches (or it is out of scope)."""
+    """The stored instances of a study, series or instance in ``scope``, in Series Number
+    then Instance Number order (ties by UID); empty when nothing matches (or it is out of
+    scope)."""
     query = (
         select(
             study.c.StudyInstanceUID,
@@ -64,6 +65,23 @@ def stored_instances(
         query = query.where(series.c.SeriesInstanceUID == series_uid)
     if sop_uid is not None:
         query = query.where(instance.c.SOPInstanceUID == sop_uid)
+    query = query.add_columns(series.c.SeriesNumber, instance.c.InstanceNumber)
     rows = conn.execute(query).all()
-    instances = [StoredInstance(*row) for row in rows]
-    return sorted(instances, key=lambda i: (i.series_uid, i.sop_uid))
+    ordered = sorted(
+        rows,
+        key=lambda r: (
+            _number(r.SeriesNumber),
+            r.SeriesInstanceUID,
+            _number(r.InstanceNumber),
+            r.SOPInstanceUID,
+        ),
+    )
+    return [StoredInstance(*row[:8]) for row in ordered]
+
+
+def _number(text: str) -> tuple[int, float, str]:
+    """Sort key of an IS/DS-like value: numbers in numeric order, then the rest as text."""
+    try:
+        return (0, float(text), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, text or "")
