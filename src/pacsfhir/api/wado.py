@@ -30,8 +30,7 @@ from pacsfhir.dicom.frames import (
     is_video,
     media_type_of,
 )
-from pacsfhir.dicom.metadata import BULK_PLACEHOLDER, instance_metadata
-from pacsfhir.dicom.metadata import encode as encode_metadata
+from pacsfhir.dicom.metadata import BULK_PLACEHOLDER, metadata_of
 from pacsfhir.dicom.multipart import MediaRange, Part, media_matches, parse_accept
 from pacsfhir.dicom.render import (
     RENDERED_TYPES,
@@ -206,12 +205,7 @@ def retrieve_instance(request: Request, study: str, series: str, instance: str) 
 
 
 def _instance_json(request: Request, stored: StoredInstance) -> bytes:
-    blobs = archive_of(request).blobs
-    try:
-        data = blobs.read_metadata(stored.blob)
-    except FileNotFoundError:  # stored before sidecars existed: derive from the header
-        with PixelDataFile(_path(request, stored)) as source:
-            data = encode_metadata(instance_metadata(source.header, source.vr or None))
+    data = metadata_of(archive_of(request).blobs, stored.blob)
     prefix = b'"BulkDataURI":"'
     target = (_location(request, stored) + "/").encode()
     return data.replace(prefix + BULK_PLACEHOLDER.encode(), prefix + target)

@@ -146,7 +146,6 @@ def commit_batch(
         written.add(attrs.sop_uid)
         relative = blobs.relative_path(attrs.study_uid, attrs.series_uid, attrs.sop_uid, sha)
         blobs.place(item.staged, relative)
-        blobs.write_metadata(relative, attrs.metadata)
         records.append(IndexRecord(attrs, relative, item.staged.size, sha))
         if previous is not None and previous.blob != relative:
             superseded.append(previous.blob)

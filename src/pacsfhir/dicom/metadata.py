@@ -1,5 +1,8 @@
-"""DICOM JSON (PS3.18 F.2) of an instance's header, made once at ingest and kept beside
-the blob, so WADO-RS metadata and QIDO-RS ``includefield`` never re-parse files.
+"""DICOM JSON (PS3.18 F.2) of an instance's header, made from the blob the first time it
+is asked for (WADO-RS metadata, QIDO-RS ``includefield``) and cached beside the blob.
+
+It is not made at ingest: converting every element of a header costs several times what
+indexing it does, and most instances are never asked for their metadata.
 
 Large binary values (and Pixel Data) are not inlined: they carry a ``BulkDataURI`` that
 starts with ``BULK_PLACEHOLDER``; the DICOMweb layer replaces it with the instance's URL
@@ -13,6 +16,9 @@ from typing import Any
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+
+from pacsfhir.dicom.frames import PixelDataFile
+from pacsfhir.dicom.storage import BlobStore
 
 BULK_PLACEHOLDER = "pacsfhir:instance/"
 BULK_THRESHOLD = 1024
@@ -50,3 +56,15 @@ def instance_metadata(ds: Dataset, pixel_data_vr: str | None) -> dict[str, Any]:
 
 def encode(metadata: dict[str, Any]) -> bytes:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def metadata_of(blobs: BlobStore, relative: str) -> bytes:
+    """The DICOM JSON of a stored instance: the cached sidecar, else made and cached."""
+    try:
+        return blobs.read_metadata(relative)
+    except FileNotFoundError:
+        pass
+    with PixelDataFile(blobs.absolute(relative)) as source:
+        data = encode(instance_metadata(source.header, source.vr or None))
+    blobs.write_metadata(relative, data)
+    return data

@@ -19,8 +19,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pacsfhir.dicom.metadata import encode as encode_metadata
-from pacsfhir.dicom.metadata import instance_metadata
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import RejectedInstance
 
@@ -38,7 +36,6 @@ class InstanceAttributes:
     series: dict[str, Any]
     instance: dict[str, Any]
     warnings: tuple[str, ...] = field(default=())
-    metadata: bytes = b""  # DICOM JSON of the header (see dicom.metadata)
 
     @property
     def study_uid(self) -> str:
@@ -271,6 +268,5 @@ def _read(fp: BinaryIO, size: int) -> InstanceAttributes:
         raise
     except Exception as exc:  # a value pydicom cannot decode
         raise RejectedInstance("malformed", f"{type(exc).__name__}: {exc}") from exc
-    pixel_data_vr = _check_pixel_data_complete(fp, ds, size)
-    metadata = encode_metadata(instance_metadata(ds, pixel_data_vr))
-    return dataclasses.replace(attributes, metadata=metadata)
+    _check_pixel_data_complete(fp, ds, size)
+    return attributes

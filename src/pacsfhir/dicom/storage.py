@@ -95,9 +95,13 @@ class BlobStore:
         os.replace(staged.path, final)
 
     def write_metadata(self, relative: str, metadata: bytes) -> None:
-        """The instance's DICOM JSON, beside its blob (durable with the next ``sync``)."""
-        with open(self.root / (relative + METADATA_SUFFIX), "wb") as out:
+        """Cache the instance's DICOM JSON beside its blob (atomically; it is derived from
+        the blob, so it needs no fsync)."""
+        final = self.root / (relative + METADATA_SUFFIX)
+        partial = final.with_name(f"{final.name}.{uuid.uuid4().hex}.tmp")
+        with open(partial, "wb") as out:
             out.write(metadata)
+        os.replace(partial, final)
 
     def read_metadata(self, relative: str) -> bytes:
         with open(self.root / (relative + METADATA_SUFFIX), "rb") as source:
