@@ -77,8 +77,7 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
     check_format(request)
     archive = _archive(request)
     with archive.engine.connect() as conn:
-        pk = queries.study_pk_by_uid(conn, study_id)
-        rows = queries.load_studies(conn, [pk]) if pk is not None else []
+        rows = queries.load_studies(conn, study_uid=study_id)
     if not rows:
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     row = rows[0]

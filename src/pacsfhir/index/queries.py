@@ -35,61 +35,77 @@ class StudyRows:
     series: list[SeriesRows]
 
 
-def _decode(row: Any, json_columns: Sequence[str]) -> dict[str, Any]:
-    values = dict(row._mapping)
+def _decode_json(values: dict[str, Any], json_columns: Sequence[str]) -> dict[str, Any]:
     for column in json_columns:
         values[column] = json.loads(values[column]) if values[column] else []
     return values
 
 
+_PATIENT_PREFIX = "patient__"
+_INSTANCE_PREFIX = "instance__"
+
+
+def _split(row: Any, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A joined row's own columns, and those labelled with ``prefix`` (prefix removed)."""
+    own: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for key, value in row._mapping.items():
+        if key.startswith(prefix):
+            other[key[len(prefix) :]] = value
+        else:
+            own[key] = value
+    return own, other
+
+
 def load_studies(
-    conn: Connection, study_pks: Sequence[int], with_instances: bool = True
+    conn: Connection,
+    study_pks: Sequence[int] = (),
+    with_instances: bool = True,
+    study_uid: str | None = None,
 ) -> list[StudyRows]:
-    """Studies in the order of ``study_pks``, each with patient, series (and instances)."""
-    if not study_pks:
+    """Studies (by pk, in that order; or the one with ``study_uid``), each with its
+    patient, series (and instances): two queries, however many studies."""
+    studies_with_patient = select(
+        study, *(c.label(_PATIENT_PREFIX + c.name) for c in patient.c)
+    ).join(patient, patient.c.pk == study.c.patient_pk)
+    if study_uid is not None:
+        studies_with_patient = studies_with_patient.where(study.c.StudyInstanceUID == study_uid)
+    elif study_pks:
+        studies_with_patient = studies_with_patient.where(study.c.pk.in_(study_pks))
+    else:
         return []
-    study_rows = {
-        r.pk: _decode(r, _STUDY_JSON)
-        for r in conn.execute(select(study).where(study.c.pk.in_(study_pks)))
-    }
-    patient_pks = {s["patient_pk"] for s in study_rows.values()}
-    patients = {
-        r.pk: dict(r._mapping)
-        for r in conn.execute(select(patient).where(patient.c.pk.in_(patient_pks)))
-    }
-    series_by_study: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    series_pks = []
-    for r in conn.execute(select(series).where(series.c.study_pk.in_(study_pks))):
-        values = _decode(r, _SERIES_JSON)
-        series_by_study[values["study_pk"]].append(values)
-        series_pks.append(values["pk"])
-    instances_by_series: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    if with_instances and series_pks:
-        query = select(*_INSTANCE_COLUMNS).where(instance.c.series_pk.in_(series_pks))
-        for r in conn.execute(query):
-            instances_by_series[r.series_pk].append(dict(r._mapping))
-    result = []
-    for pk in study_pks:
-        if pk not in study_rows:
-            continue
-        s = study_rows[pk]
-        result.append(
-            StudyRows(
-                study=s,
-                patient=patients[s["patient_pk"]],
-                series=[
-                    SeriesRows(se, instances_by_series.get(se["pk"], []))
-                    for se in series_by_study.get(pk, [])
-                ],
-            )
+    studies: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for row in conn.execute(studies_with_patient):
+        study_values, patient_values = _split(row, _PATIENT_PREFIX)
+        studies[study_values["pk"]] = (_decode_json(study_values, _STUDY_JSON), patient_values)
+    if not studies:
+        return []
+    series_query = select(series).where(series.c.study_pk.in_(list(studies)))
+    if with_instances:
+        series_query = select(
+            series, *(c.label(_INSTANCE_PREFIX + c.name) for c in _INSTANCE_COLUMNS)
+        ).join(instance, instance.c.series_pk == series.c.pk)
+        series_query = series_query.where(series.c.study_pk.in_(list(studies)))
+    series_by_study: dict[int, dict[int, SeriesRows]] = defaultdict(dict)
+    for row in conn.execute(series_query):
+        series_values, instance_values = _split(row, _INSTANCE_PREFIX)
+        by_pk = series_by_study[series_values["study_pk"]]
+        if series_values["pk"] not in by_pk:
+            by_pk[series_values["pk"]] = SeriesRows(_decode_json(series_values, _SERIES_JSON), [])
+        if instance_values:
+            instances = by_pk[series_values["pk"]].instances
+            assert isinstance(instances, list)
+            instances.append(instance_values)
+    order = list(studies) if study_uid is not None else study_pks
+    return [
+        StudyRows(
+            study=studies[pk][0],
+            patient=studies[pk][1],
+            series=list(series_by_study[pk].values()),
         )
-    return result
-
-
-def study_pk_by_uid(conn: Connection, study_uid: str) -> int | None:
-    return conn.execute(
-        select(study.c.pk).where(study.c.StudyInstanceUID == study_uid)
-    ).scalar_one_or_none()
+        for pk in order
+        if pk in studies
+    ]
 
 
 def load_patients(conn: Connection, patient_pks: Sequence[int]) -> list[dict[str, Any]]:
