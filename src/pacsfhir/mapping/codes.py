@@ -6,12 +6,26 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pydicom.sr import _cid_dict, _concepts_dict
 from pydicom.uid import UID
 
-# pydicom's generated dictionaries: scheme -> keyword -> {code: (meaning, [cid, ...])}
-_CONCEPTS: dict[str, dict[str, dict[str, tuple[str, list[int]]]]] = _concepts_dict.concepts  # type: ignore[assignment]
-_CID_CONCEPTS: dict[int, dict[str, list[str]]] = _cid_dict.cid_concepts
+Concepts = dict[str, dict[str, tuple[str, list[int]]]]  # keyword -> {code: (meaning, cids)}
+
+
+@cache
+def _dcm_concepts() -> Concepts:
+    """pydicom's generated DCM concepts (imported on first use: it is a large module)."""
+    from pydicom.sr import _concepts_dict
+
+    concepts: Concepts = _concepts_dict.concepts["DCM"]  # type: ignore[assignment]
+    return concepts
+
+
+@cache
+def _cid_keywords(cid: int) -> frozenset[str]:
+    from pydicom.sr import _cid_dict
+
+    return frozenset(_cid_dict.cid_concepts[cid]["DCM"])
+
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
@@ -52,7 +66,7 @@ def coding_system(designator: str) -> str | None:
 @cache
 def _dcm_codes() -> dict[str, tuple[str, frozenset[int]]]:
     codes: dict[str, tuple[str, frozenset[int]]] = {}
-    for entries in _CONCEPTS["DCM"].values():
+    for entries in _dcm_concepts().values():
         for code, (meaning, cids) in entries.items():
             codes[code] = (meaning, frozenset(cids))
     return codes
@@ -60,10 +74,10 @@ def _dcm_codes() -> dict[str, tuple[str, frozenset[int]]]:
 
 @cache
 def _acquisition_modalities() -> frozenset[str]:
-    keywords = set(_CID_CONCEPTS[ACQUISITION_MODALITY_CID]["DCM"])
+    keywords = _cid_keywords(ACQUISITION_MODALITY_CID)
     return frozenset(
         code
-        for keyword, entries in _CONCEPTS["DCM"].items()
+        for keyword, entries in _dcm_concepts().items()
         if keyword in keywords
         for code in entries
     )
