@@ -1,7 +1,166 @@
-"""QIDO-RS (PS3.18). Handlers take their scope from `api.dicomweb_context.scope_of`."""
+"""QIDO-RS (PS3.18 10.6): search for studies, series and instances at every level and
+nesting. Handlers take their scope from ``api.dicomweb_context.scope_of``: under
+``/fhir/Patient/{id}/$wado-rs`` only that patient's studies exist.
+
+Responses are ``application/dicom+json`` (``application/json`` when only that is
+accepted); no match is 204 No Content (PS3.18 8.3.4.4.1); a page cut short by ``limit``
+or by ``MAX_RESULTS`` carries ``Warning: 299 {service}: "There are N additional results
+that can be requested"``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from pydicom.errors import InvalidDicomError
+from starlette.responses import Response
+
+from pacsfhir.api.dicomweb_context import archive_of, base_url_of, scope_of
+from pacsfhir.archive import Archive
+from pacsfhir.dicom.metadata import metadata_of
+from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
+from pacsfhir.index import qido
+from pacsfhir.index.qido import QidoQuery, parse_query
+from pacsfhir.mapping.dicom_json import Level, default_tags, from_index, result_objects
 
 router = APIRouter()
+
+DICOM_JSON = "application/dicom+json"
+MAX_QUERY_BYTES = 16_384
+_ACCEPTED = {DICOM_JSON: DICOM_JSON, "application/json": "application/json"}
+_ANY = {"*/*", "application/*"}
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+def negotiate(accept: str) -> str:
+    """The media type to answer with; 406 unless DICOM JSON (or JSON) is acceptable."""
+    if not accept.strip():
+        return DICOM_JSON
+    chosen = None
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        media = media.strip().lower()
+        if _quality(params) <= 0:
+            continue
+        if media in _ANY or media == DICOM_JSON:
+            return DICOM_JSON
+        if media in _ACCEPTED:
+            chosen = _ACCEPTED[media]
+    if chosen is None:
+        raise NotAcceptable(f"Accept: {accept} cannot be served; search results are {DICOM_JSON}")
+    return chosen
+
+
+def _pairs(request: Request) -> list[tuple[str, str]]:
+    raw = request.url.query
+    if len(raw) > MAX_QUERY_BYTES:
+        raise BadRequest(f"query string longer than {MAX_QUERY_BYTES} bytes")
+    return parse_qsl(raw, keep_blank_values=True)
+
+
+def _sidecar(archive: Archive, blob: str | None) -> dict[str, Any] | None:
+    """A stored instance's DICOM JSON (made and cached on first use), for includefield."""
+    if blob is None:
+        return None
+    try:
+        found: dict[str, Any] = json.loads(metadata_of(archive.blobs, blob))
+    except (OSError, ValueError, InvalidDicomError):
+        return None  # a blob that cannot be read: the index's values only
+    return found
+
+
+def _warning(base: str, text: str) -> str:
+    return f'299 {base}: "{text}"'
+
+
+def _search(
+    request: Request, level: Level, study_uid: str | None = None, series_uid: str | None = None
+) -> Response:
+    pairs = _pairs(request)
+    accept = dict(pairs).get("accept") or request.headers.get("accept", "")
+    media_type = negotiate(accept)
+    query = parse_query(level, pairs, study_uid, series_uid)
+    archive = archive_of(request)
+    scope = scope_of(request)
+    defaults = default_tags(level, study_uid is not None, series_uid is not None)
+    tags = defaults | query.includes
+    with_sidecars = query.include_all or not all(from_index(t) for t in tags)
+    with archive.engine.connect() as conn:
+        page = qido.search(conn, query, scope)
+        if not page.rows and study_uid is not None and not qido.exists(conn, query, scope):
+            what = f"series {series_uid}" if series_uid else f"study {study_uid}"
+            raise NotFound(f"{what} is not known here")
+        blobs: dict[int, str] = {}
+        if with_sidecars and level is not Level.INSTANCE:
+            blobs = qido.representative_blobs(conn, level, [r["_pk"] for r in page.rows])
+    base = base_url_of(request)
+    headers = _warnings(base, query, page.remaining)
+    if not page.rows:
+        return Response(status_code=204, headers=headers)
+    rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for row in page.rows:
+        blob = row.get("_blob") if level is Level.INSTANCE else blobs.get(row["_pk"])
+        rows.append((row, _sidecar(archive, blob) if with_sidecars else None))
+    results = result_objects(level, tags, rows, base, query.include_all, defaults)
+    body = json.dumps(results, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _warnings(base: str, query: QidoQuery, remaining: int) -> dict[str, str]:
+    texts = []
+    if remaining > 0:
+        texts.append(
+            _warning(base, f"There are {remaining} additional results that can be requested")
+        )
+    if query.ignored:
+        texts.append(
+            _warning(
+                base,
+                "The following attributes are not supported as matching keys and were "
+                "ignored: " + ", ".join(query.ignored),
+            )
+        )
+    return {"Warning": ", ".join(texts)} if texts else {}
+
+
+@router.get("/studies")
+def search_studies(request: Request) -> Response:
+    return _search(request, Level.STUDY)
+
+
+@router.get("/studies/{study_uid}/series")
+def search_study_series(request: Request, study_uid: str) -> Response:
+    return _search(request, Level.SERIES, study_uid)
+
+
+@router.get("/series")
+def search_series(request: Request) -> Response:
+    return _search(request, Level.SERIES)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/instances")
+def search_series_instances(request: Request, study_uid: str, series_uid: str) -> Response:
+    return _search(request, Level.INSTANCE, study_uid, series_uid)
+
+
+@router.get("/studies/{study_uid}/instances")
+def search_study_instances(request: Request, study_uid: str) -> Response:
+    return _search(request, Level.INSTANCE, study_uid)
+
+
+@router.get("/instances")
+def search_instances(request: Request) -> Response:
+    return _search(request, Level.INSTANCE)
