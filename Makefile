@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PLAYWRIGHT_VERSION := 1.65.2
 
-.PHONY: setup demo serve test lint typecheck unit fhir-definitions bench clean
+.PHONY: setup demo serve test lint typecheck unit fhir-definitions bench clean e2e
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,18 @@ typecheck: setup
 
 ## Everything: lint, types, and the whole test suite (SQLite and PostgreSQL)
 test: setup fhir-definitions lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/e2e
+
+# Playwright's Python package only: its driver is in the wheel, the browser is Debian's
+# chromium (never `playwright install`).
+$(BIN)/.playwright-$(PLAYWRIGHT_VERSION): $(BIN)/.installed
+	$(BIN)/python -m pip install -q playwright==$(PLAYWRIGHT_VERSION)
+	touch $@
+
+## OHIF Viewer on pacsfhir in headless Chromium (Debian's chromium); screenshots in tests/artifacts/
+e2e: setup $(BIN)/.playwright-$(PLAYWRIGHT_VERSION)
+	scripts/fetch-ohif
+	$(BIN)/python -m pytest -q tests/e2e
 
 bench: setup
 	$(BIN)/python -m bench.run
