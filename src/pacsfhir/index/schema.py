@@ -83,6 +83,7 @@ study = Table(
 Index("ix_study_started", study.c.started_low, study.c.started_high)
 Index("ix_study_last_updated", study.c.last_updated)
 Index("ix_study_accession", study.c.AccessionNumber)
+Index("ix_study_study_id", study.c.StudyID)  # identifier= also matches Study ID
 
 series = Table(
     "series",
