@@ -8,8 +8,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -138,15 +139,22 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """pacsfhir under a real uvicorn, in a thread, on a free loopback port."""
+    """pacsfhir under a real uvicorn, in a thread, on a free loopback port, over an
+    archive's index and blobs; ``changes`` adjust its settings, ``wrap`` its ASGI app."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        wrap: Callable[[Any], Any] | None = None,
+        **changes: Any,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        settings = archive.settings.replace(base_url=self.base_url, port=self.port)
-        shared = Archive(settings, archive.engine, archive.blobs)  # same index, own base URL
+        self.settings = archive.settings.replace(base_url=self.base_url, port=self.port, **changes)
+        shared = Archive(self.settings, archive.engine, archive.blobs)  # own base URL
+        app = create_app(self.settings, shared)
         config = uvicorn.Config(
-            create_app(settings, shared), host="127.0.0.1", port=self.port, log_level="warning"
+            wrap(app) if wrap else app, host="127.0.0.1", port=self.port, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

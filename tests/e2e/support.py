@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,11 +18,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import uvicorn
-
-from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
-from tests.conftest import free_port
+from tests.conftest import LiveServer
 
 REPO = Path(__file__).resolve().parents[2]
 OHIF_DIR = Path(os.environ.get("PACSFHIR_OHIF_DIR") or REPO / ".cache" / "ohif")
@@ -263,40 +259,21 @@ def recording(app: ASGIApp, log: RequestLog) -> ASGIApp:
     return wrapped
 
 
-class CorsLiveServer:
+class CorsLiveServer(LiveServer):
     """pacsfhir under a real uvicorn on a free loopback port, allowing ``origin`` (CORS),
     over an existing archive's index and blobs, recording every request it answers."""
 
     def __init__(self, archive: Archive, origin: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        settings = archive.settings.replace(
-            base_url=self.base_url, port=self.port, cors_origins=origin
-        )
-        self.settings = settings
-        shared = Archive(settings, archive.engine, archive.blobs)
         self.log = RequestLog()
-        app = recording(create_app(settings, shared), self.log)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(archive, lambda app: recording(app, self.log), cors_origins=origin)
 
     @property
     def dicomweb_root(self) -> str:
         return self.settings.dicomweb_base_url
 
     def __enter__(self) -> CorsLiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        super().__enter__()
         return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @dataclass(frozen=True)
