@@ -204,7 +204,8 @@ def demo_command(
         "/ImagingStudy?patient.name=buc",
         "/ImagingStudy?_summary=count",
     ):
-        console.print(f"  curl -s '{base}{path}'")
+        console.print(f"  curl -s '{base}{path}'", soft_wrap=True)
+    console.print(f"  curl -s '{settings.dicomweb_base_url}/studies?limit=5'", soft_wrap=True)
     serve(settings)
 
 
