@@ -1,6 +1,7 @@
-"""``python -m bench.run``: ingest rate beside Orthanc, and search latency at scale on
-SQLite and PostgreSQL. Tables on stdout, progress on stderr, everything in a JSON file
-under bench/results/ (git-ignored). See bench/README.md for what the numbers mean."""
+"""``python -m bench.run``: ingest rate beside Orthanc, search latency at scale on
+SQLite and PostgreSQL, and DICOMweb (WADO-RS retrieval, QIDO-RS) beside Orthanc. Tables
+on stdout, progress on stderr, everything in a JSON file under bench/results/
+(git-ignored). See bench/README.md for what the numbers mean."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus as corpus_mod
+from bench import dicomweb as dicomweb_mod
 from bench import ingest as ingest_mod
 from bench import search as search_mod
 from bench.common import (
@@ -36,6 +38,9 @@ TARGETS = {
     "ingest_peak_mb": 300.0,
     "patient_search_p50_ms": 20.0,
     "read_p50_ms": 10.0,
+    "wado_vs_orthanc": 1.0,
+    "wado_peak_rss_mb": 150.0,
+    "qido_studies_limit100_p50_ms": 20.0,
 }
 
 
@@ -47,16 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "/instances on the same generated files, then patient search and read on both "
             "at that scale. search: p50/p95/p99 of FHIR searches over a synthetic corpus "
             "(default 100,000 studies / 1,000,000 instances, built once per backend "
-            "through pacsfhir's index writer and cached; blobs are not written)."
+            "through pacsfhir's index writer and cached; blobs are not written). dicomweb: "
+            "WADO-RS retrieval of whole studies (curl) and QIDO-RS study searches, pacsfhir "
+            "beside Orthanc."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--only", choices=["ingest", "search"], help="run one part only")
+    parser.add_argument(
+        "--only", choices=["ingest", "search", "dicomweb"], help="run one part only"
+    )
     parser.add_argument(
         "--backend",
         choices=["sqlite", "postgresql", "both"],
         default="both",
-        help="index backend(s) for pacsfhir (ingest and search)",
+        help="index backend(s) for pacsfhir (ingest, search, QIDO-RS at scale)",
     )
     parser.add_argument(
         "--studies", type=int, default=100_000, help="search corpus size (10 instances each)"
@@ -82,6 +91,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="ingest runs per system (fresh storage each); the median run is reported",
     )
+    parser.add_argument(
+        "--wado-sizes",
+        type=_int_list,
+        default="300,2000",
+        help="comma-separated sizes in MiB of the studies retrieved with WADO-RS",
+    )
+    parser.add_argument(
+        "--wado-runs", type=int, default=3, help="timed retrieves per study and system (median)"
+    )
+    parser.add_argument(
+        "--qido-small-studies",
+        type=int,
+        default=2000,
+        help="studies (one instance each) stored in both pacsfhir and Orthanc for QIDO-RS",
+    )
     parser.add_argument("--no-orthanc", action="store_true", help="skip Orthanc")
     parser.add_argument(
         "--postgres-url",
@@ -95,7 +119,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="search corpus random seed")
     parser.add_argument("--output", type=Path, help="JSON results file (default bench/results/)")
     args = parser.parse_args(argv)
-    for name in ("studies", "ingest_studies", "requests", "repeat"):
+    for name in (
+        "studies",
+        "ingest_studies",
+        "requests",
+        "repeat",
+        "wado_runs",
+        "qido_small_studies",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
@@ -306,8 +337,142 @@ def report(results: dict[str, Any]) -> str:
                 "  server CPU ms: CPU time of pacsfhir (+ PostgreSQL backends) per request;\n"
                 "  other CPU: share of the machine's CPU used by unrelated processes meanwhile."
             )
+    dicomweb = results.get("dicomweb")
+    if dicomweb:
+        parts.extend(dicomweb_report(dicomweb))
     parts.append(targets_text(results))
     return "\n\n".join(parts)
+
+
+def dicomweb_report(dicomweb: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    wado = dicomweb.get("wado", {})
+    if "skipped" in wado:
+        parts.append(f"WADO-RS: skipped: {wado['skipped']}")
+    elif wado.get("results"):
+        rows: list[list[Any]] = []
+        for label, systems in wado["results"].items():
+            study = wado["studies"][label]
+            ours, theirs = systems.get("pacsfhir", {}), systems.get("orthanc", {})
+            for system, r in (("pacsfhir", ours), ("Orthanc", theirs)):
+                if not r:
+                    continue
+                ratio = None
+                if system == "pacsfhir" and ours.get("mb_per_s") and theirs.get("mb_per_s"):
+                    ratio = f"{ours['mb_per_s'] / theirs['mb_per_s']:.2f}x"
+                rows.append(
+                    [
+                        f"{label} ({study['instances']:,} inst): {system}",
+                        r.get("mb_per_s"),
+                        _rate_spread(r),
+                        ratio,
+                        r.get("server_cpu_s_per_gb"),
+                        r.get("idle_rss_mb"),
+                        _mem(r, "peak_tree_rss_mb"),
+                        _mem(r, "peak_tree_pss_mb"),
+                        r.get("errors", r.get("error")),
+                        _share(r.get("cpu", {})),
+                    ]
+                )
+        parts.append(
+            table(
+                f"WADO-RS: GET /dicom-web/studies/<uid> by curl ({wado['template']} copies, "
+                f"new UIDs), median of {wado['runs']} warm runs",
+                [
+                    "study: system",
+                    "MB/s",
+                    "min..max",
+                    "vs Orthanc",
+                    "server CPU s/GB",
+                    "idle RSS MB",
+                    "peak RSS MB",
+                    "peak PSS MB",
+                    "errors",
+                    "other CPU",
+                ],
+                rows,
+            )
+        )
+        notes = [
+            "  MB = 2^20 bytes; MB/s = bytes received by curl / curl's time_total (body to"
+            " /dev/null), one untimed retrieve first (page cache warm);",
+            "  peak RSS: the larger of the server's kernel peak-RSS mark (VmHWM, reset before"
+            " the study's warm-up, read after its timed runs) and the sampled tree RSS;",
+            "  peak PSS: server process tree sampled every 25 ms during the warm-up retrieve"
+            " only (sampling slows the timed runs); idle RSS: just before the warm-up;",
+            f"  pacsfhir: `pacsfhir serve` (SQLite), `pacsfhir ingest` of all studies "
+            f"{wado.get('pacsfhir_ingest_seconds')} s; Orthanc "
+            f"{wado.get('orthanc_version', '-')}: defaults, DICOMweb plugin, POST /instances "
+            f"x{dicomweb_mod.ORTHANC_POST_WORKERS} {wado.get('orthanc_post_seconds', '-')} s",
+        ]
+        if wado.get("orthanc_note"):
+            notes.append(f"  Orthanc: {wado['orthanc_note']}")
+        parts.append("\n".join(notes))
+    qido = dicomweb.get("qido", {})
+    if "error" in qido:
+        parts.append(f"QIDO-RS: failed: {qido['error']}")
+    rows = []
+    for backend, r in qido.get("corpus", {}).items():
+        if "skipped" in r:
+            rows.append([f"pacsfhir ({backend}), skipped: {r['skipped']}"])
+            continue
+        for name, q in r["queries"].items():
+            rows.append(
+                [
+                    f"pacsfhir ({backend}) {r['studies']:,} studies: {name}",
+                    *_latency_cells(q),
+                    q.get("server_cpu_ms_per_request"),
+                    _share(q.get("cpu", {})),
+                ]
+            )
+    small = qido.get("small", {})
+    for system in ("pacsfhir", "orthanc"):
+        label = "pacsfhir (sqlite)" if system == "pacsfhir" else "Orthanc"
+        for name, q in small.get(system, {}).items():
+            rows.append(
+                [
+                    f"{label} {small['studies']:,} studies: {name}",
+                    *_latency_cells(q),
+                    q.get("server_cpu_ms_per_request"),
+                    _share(q.get("cpu", {})),
+                ]
+            )
+    if rows:
+        rows = [row + [None] * (8 - len(row)) if len(row) < 8 else row for row in rows]
+        parts.append(
+            table(
+                "QIDO-RS: GET /dicom-web/studies, Accept application/dicom+json, sequential",
+                [
+                    "system, scale: query",
+                    "n",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "errors",
+                    "server CPU ms",
+                    "other CPU",
+                ],
+                rows,
+            )
+        )
+        notes = [
+            "  pacsfhir at scale: the search benchmark's corpus (blobs not written; study-level"
+            " default attributes come from the index alone);",
+            f"  small set: {small.get('studies', '-')} studies of one CT_small.dcm instance each"
+            f" ({small.get('patients', '-')} patients) stored in both systems (Orthanc "
+            f"{small.get('orthanc_version', '-')}: POST /instances x"
+            f"{dicomweb_mod.ORTHANC_POST_WORKERS}, {small.get('orthanc_post_seconds', '-')} s);"
+            " Orthanc is not measured at 100,000 studies (hours to store here).",
+        ]
+        if small.get("orthanc_note"):
+            notes.append(f"  Orthanc: {small['orthanc_note']}")
+        parts.append("\n".join(notes))
+    return parts
+
+
+def _rate_spread(r: dict[str, Any]) -> str:
+    rates = r.get("mb_per_s_all_runs") or []
+    return f"{min(rates):,.0f}..{max(rates):,.0f}" if rates else "-"
 
 
 def _share(cpu: dict[str, Any]) -> str:
@@ -383,6 +548,30 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "<",
                 TARGETS["read_p50_ms"],
             )
+    dicomweb = results.get("dicomweb") or {}
+    for label, systems in ((dicomweb.get("wado") or {}).get("results") or {}).items():
+        ours, theirs = systems.get("pacsfhir", {}), systems.get("orthanc", {})
+        if ours.get("mb_per_s") and theirs.get("mb_per_s"):
+            add(
+                f"WADO-RS {label} study MB/s vs Orthanc",
+                ours["mb_per_s"] / theirs["mb_per_s"],
+                ">=",
+                TARGETS["wado_vs_orthanc"],
+            )
+        add(
+            f"WADO-RS {label} study peak RSS MB (pacsfhir serve)",
+            _mem(ours, "peak_tree_rss_mb"),
+            "<",
+            TARGETS["wado_peak_rss_mb"],
+        )
+    for backend, r in ((dicomweb.get("qido") or {}).get("corpus") or {}).items():
+        q = r.get("queries", {}).get("/studies?limit=100", {})
+        add(
+            f"QIDO /studies?limit=100 p50 ms at {r['studies']:,} studies ({backend})",
+            q.get("p50_ms"),
+            "<",
+            TARGETS["qido_studies_limit100_p50_ms"],
+        )
     return checks
 
 
@@ -442,6 +631,22 @@ def main(argv: list[str] | None = None) -> int:
                 results["search"][backend] = search_mod.run_backend(
                     built, args.requests, args.warmup, workdir
                 )
+        if args.only in (None, "dicomweb"):
+            results["dicomweb"] = dicomweb_mod.run(
+                backends=backends,
+                pg_url=args.postgres_url,
+                pg_problem=pg_problem,
+                spec=corpus_mod.CorpusSpec(args.studies, args.seed),
+                cache=args.cache_dir,
+                rebuild=args.rebuild and args.only == "dicomweb",
+                sizes_mb=args.wado_sizes,
+                wado_runs=args.wado_runs,
+                small_studies=args.qido_small_studies,
+                with_orthanc=not args.no_orthanc,
+                n=args.requests,
+                warmup=args.warmup,
+                workdir=workdir,
+            )
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = evaluate(results)
     output = args.output or RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
