@@ -133,14 +133,17 @@ def _upsert(
     rows: dict[str, dict[str, Any]],
     insert_defaults: dict[str, Any],
     versioned: bool = False,
+    known: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Insert rows whose key is new, update the others; return key -> pk.
 
     ``versioned``: rows whose values did not change are left alone, changed ones get
     ``version_id + 1`` (``last_updated`` is then expected among the row's values).
+    ``known``: key -> pk of the rows already there, when the caller has looked them up.
     """
     key_column = table.c[key]
-    known = _pks_by_key(conn, key_column, list(rows))
+    if known is None:
+        known = _pks_by_key(conn, key_column, list(rows))
     new = [{**insert_defaults, **row} for k, row in rows.items() if k not in known]
     if new:
         conn.execute(table.insert(), new)
@@ -201,13 +204,15 @@ def write_instances(
         for uid, a in latest_series.items()
     }
     series_pks = _upsert(conn, series, "SeriesInstanceUID", series_rows, {"number_of_instances": 0})
-    previous_series = {
-        pk
-        for chunk in _chunks([r.attributes.sop_uid for r in records])
-        for (pk,) in conn.execute(
-            select(instance.c.series_pk).where(instance.c.SOPInstanceUID.in_(chunk))
-        )
-    }
+    # One look-up of the instances already indexed: their pks (for the upsert) and the
+    # series they were in (whose counts change when an instance moves).
+    known_instances: dict[str, int] = {}
+    previous_series: set[int] = set()
+    for chunk in _chunks(sorted({r.attributes.sop_uid for r in records})):
+        query = select(instance.c.SOPInstanceUID, instance.c.pk, instance.c.series_pk)
+        for uid, pk, series_pk in conn.execute(query.where(instance.c.SOPInstanceUID.in_(chunk))):
+            known_instances[uid] = pk
+            previous_series.add(series_pk)
     instance_rows = {}
     for r in records:
         instance_rows[r.attributes.sop_uid] = {
@@ -218,7 +223,7 @@ def write_instances(
             "sha256": r.sha256,
             "stored_at": now,
         }
-    _upsert(conn, instance, "SOPInstanceUID", instance_rows, {})
+    _upsert(conn, instance, "SOPInstanceUID", instance_rows, {}, known=known_instances)
     touched_series = set(series_pks.values()) | previous_series
     touched_studies = set(study_pks.values()) | _studies_of(conn, touched_series)
     _refresh_counts(conn, touched_series, touched_studies, now)
