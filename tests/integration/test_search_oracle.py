@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -33,42 +32,22 @@ from fastapi.testclient import TestClient
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
-
-try:
-    from tests.conftest import make_settings, sample_paths
-    from tests.support import fhir_r4
-    from tests.support.oracle import (
-        Oracle,
-        Range,
-        TokenQuery,
-        date_matches,
-        date_range,
-        format_instant,
-        implicit_systems,
-        parse_reference,
-        parse_token,
-        reference_matches,
-        string_matches,
-        token_matches,
-    )
-except ModuleNotFoundError:  # pytest started without the repository root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.conftest import make_settings, sample_paths
-    from tests.support import fhir_r4
-    from tests.support.oracle import (
-        Oracle,
-        Range,
-        TokenQuery,
-        date_matches,
-        date_range,
-        format_instant,
-        implicit_systems,
-        parse_reference,
-        parse_token,
-        reference_matches,
-        string_matches,
-        token_matches,
-    )
+from tests.conftest import make_settings, sample_paths
+from tests.support import fhir_r4
+from tests.support.oracle import (
+    Oracle,
+    Range,
+    TokenQuery,
+    date_matches,
+    date_range,
+    format_instant,
+    implicit_systems,
+    parse_reference,
+    parse_token,
+    reference_matches,
+    string_matches,
+    token_matches,
+)
 
 JSON = dict[str, Any]
 BASE_URL = "http://pacsfhir.test"

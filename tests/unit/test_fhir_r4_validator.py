@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import copy
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-try:
-    from tests.support import fhir_r4
-except ModuleNotFoundError:  # pytest started without the repository root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.support import fhir_r4
+from tests.support import fhir_r4
 
 JSON = dict[str, Any]
 
