@@ -13,6 +13,7 @@ import email
 import email.policy
 import hashlib
 import io
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -239,6 +240,71 @@ def test_instances_stream_in_series_then_instance_number_order(tmp_path: Path) -
             assert order == [(2, 1), (2, 2), (2, 11), (10, 1), (10, 2), (10, 11)]
             metadata = client.get(f"/dicom-web/studies/{study_uid}/metadata").json()
             assert [m["00200013"]["Value"][0] for m in metadata] == [1, 2, 11, 1, 2, 11]
+    finally:
+        archive.close()
+
+
+def _open_blobs(root: Path) -> list[str]:
+    """The files under ``root`` this process holds open (the in-thread server is us)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            held.append(target)
+    return held
+
+
+def test_a_client_that_drops_mid_retrieve_leaves_no_file_open(tmp_path: Path) -> None:
+    """A study of several read-ahead batches (about 40 MB): the client reads its first
+    megabyte and hangs up; every blob the server opened is closed and it keeps serving."""
+    template = read(sample("CT_small.dcm"))
+    study_uid = pydicom.uid.generate_uid()
+    series_uid = pydicom.uid.generate_uid()
+    big = np.zeros((1024, 1024), dtype=np.uint16)
+    paths = []
+    for number in range(1, 21):
+        path = tmp_path / "src" / f"{number}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        write_variant(
+            template,
+            path,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            InstanceNumber=number,
+            Rows=1024,
+            Columns=1024,
+            PixelData=big.tobytes(),
+        )
+        paths.append(path)
+    archive = Archive.open(make_settings(tmp_path, f"sqlite:///{tmp_path / 'index.db'}"))
+    try:
+        ingest([str(p) for p in paths], archive.engine, archive.blobs, workers=1)
+        blobs_root = archive.blobs.root.resolve()
+        url = f"/dicom-web/studies/{study_uid}"
+        with LiveServer(archive) as server:
+            with (
+                httpx.Client(base_url=server.base_url, timeout=30) as client,
+                client.stream("GET", url, headers={"Accept": DICOM_ANY}) as response,
+            ):
+                assert response.status_code == 200
+                total = int(response.headers["content-length"])
+                assert total > 40_000_000
+                received = 0
+                for chunk in response.iter_raw(65536):
+                    received += len(chunk)
+                    if received > 1_000_000:
+                        break
+            deadline = time.monotonic() + 10
+            while _open_blobs(blobs_root) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _open_blobs(blobs_root) == []
+            with httpx.Client(base_url=server.base_url, timeout=30) as client:
+                again = client.get(url, headers={"Accept": DICOM_ANY})
+            assert len(again.content) == total
+            assert len(_datasets(again)) == 20
     finally:
         archive.close()
 

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from pacsfhir.api.dicomweb_context import archive_of, base_url_of, scope_of
+from pacsfhir.api.streaming import in_batches
 from pacsfhir.dicom import multipart
 from pacsfhir.dicom.frames import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -106,16 +107,15 @@ def _multipart_response(
         if size is not None:
             headers["Content-Length"] = str(size)
     return StreamingResponse(
-        multipart.stream(parts, boundary),
+        in_batches(multipart.stream(parts, boundary)),
         media_type=multipart.content_type(root_type, boundary),
         headers=headers,
     )
 
 
-# Whole files are streamed in larger reads than frames: Starlette moves each chunk of a
-# sync iterator through a worker thread, and at 256 KiB that hop, not the disk, set the
-# pace (measured: 2 MiB reads retrieve a 300 MB study ~40% faster for ~2 MB more RSS
-# per concurrent retrieve).
+# Whole files are read in larger chunks than frames: fewer reads and sends per study
+# (measured: 2 MiB reads retrieve a 300 MB study ~40% faster than 256 KiB ones); the
+# chunks reach the socket through ``api.streaming.in_batches``.
 RETRIEVE_CHUNK = 2 << 20
 
 
@@ -150,7 +150,7 @@ def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool
         if _transfer_syntax_ok(ranges[0].transfer_syntax, only.transfer_syntax_uid):
             path = _path(request, only)
             return StreamingResponse(
-                _file_chunks(path),
+                in_batches(_file_chunks(path)),
                 media_type=f"{DICOM}; transfer-syntax={only.transfer_syntax_uid}",
                 headers={"Content-Length": str(os.path.getsize(path))},
             )
@@ -232,7 +232,7 @@ def _metadata(request: Request, instances: list[StoredInstance]) -> Response:
             yield _instance_json(request, stored)
         yield b"]"
 
-    return StreamingResponse(body(), media_type=DICOM_JSON)
+    return StreamingResponse(in_batches(body()), media_type=DICOM_JSON)
 
 
 @router.get(STUDY + "/metadata")
@@ -376,7 +376,7 @@ def retrieve_frames(
     if not choice.multipart:
         index = indexes[0]
         return StreamingResponse(
-            _closing(source, source.frame_chunks(index)),
+            in_batches(_closing(source, source.frame_chunks(index))),
             media_type=choice.content_type,
             headers={"Content-Length": str(source.frame_length(index))},
         )
@@ -434,7 +434,7 @@ def retrieve_bulkdata(
     body = _closing(source, chunks)
     if not choice.multipart:
         return StreamingResponse(
-            body, media_type=OCTET_STREAM, headers={"Content-Length": str(size)}
+            in_batches(body), media_type=OCTET_STREAM, headers={"Content-Length": str(size)}
         )
     return _multipart_response([Part(OCTET_STREAM, body, size)], OCTET_STREAM)
 
@@ -453,7 +453,9 @@ def _pixel_value(request: Request, stored: StoredInstance, tag: int) -> Response
         body = _closing(source, source.value_chunks())
         if not choice.multipart:
             return StreamingResponse(
-                body, media_type=choice.content_type, headers={"Content-Length": str(source.length)}
+                in_batches(body),
+                media_type=choice.content_type,
+                headers={"Content-Length": str(source.length)},
             )
         return _multipart_response([Part(choice.content_type, body, source.length)], OCTET_STREAM)
     return _pixel_parts(request, [stored])
