@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from pacsfhir.api import qido, stow, wado
+from pacsfhir.api import qido, rendered, stow, wado
 from pacsfhir.api.dicomweb_context import DICOMWEB_PREFIX, PATIENT_PREFIX
 
-ROUTERS: tuple[APIRouter, ...] = (qido.router, wado.router, stow.router)
+# In this order, as they were when WADO-RS was one router: rendered after the rest of WADO-RS.
+ROUTERS: tuple[APIRouter, ...] = (qido.router, wado.router, rendered.router, stow.router)
 
 
 def mount(app: FastAPI) -> None:

@@ -1,7 +1,8 @@
-"""WADO-RS (PS3.18 10.4): instances, metadata, bulk data, pixel data and frames, rendered
-images and thumbnails of a study, series or instance. Handlers take their scope from
-``api.dicomweb_context.scope_of``: under a patient's ``$wado-rs`` base anything of
-another patient is 404.
+"""WADO-RS (PS3.18 10.4) of a study, series or instance: the DICOM instances
+(10.4.1.1.1), their metadata (10.4.1.1.2), bulk data, pixel data and frames. Rendered
+images and thumbnails are ``api.rendered``; what both share is ``api.wado_common``.
+Handlers take their scope from ``api.dicomweb_context.scope_of``: under a patient's
+``$wado-rs`` base anything of another patient is 404.
 
 DICOM instances, frames and bulk data stream from disk as ``multipart/related``; no
 transcoding: a stored transfer syntax is served as is when the Accept allows it (no
@@ -17,9 +18,20 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from pacsfhir.api.dicomweb_context import archive_of, base_url_of, scope_of
+from pacsfhir.api.dicomweb_context import archive_of, base_url_of
 from pacsfhir.api.streaming import in_batches
-from pacsfhir.dicom import multipart
+from pacsfhir.api.wado_common import (
+    INSTANCE,
+    SERIES,
+    STUDY,
+    accept_ranges,
+    accept_text,
+    find_instances,
+    frame_numbers,
+    multipart_response,
+    open_pixels,
+    path_of,
+)
 from pacsfhir.dicom.frames import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
@@ -31,85 +43,24 @@ from pacsfhir.dicom.frames import (
     media_type_of,
 )
 from pacsfhir.dicom.metadata import BULK_PLACEHOLDER, metadata_of
-from pacsfhir.dicom.multipart import MediaRange, Part, media_matches, parse_accept
-from pacsfhir.dicom.render import (
-    RENDERED_TYPES,
-    THUMBNAIL_SIZE,
-    RenderError,
-    RenderOptions,
-    Viewport,
-    ViewportError,
-    parse_quality,
-    parse_viewport,
-    parse_window,
-    render,
-)
-from pacsfhir.dicom.uids import is_valid_uid
-from pacsfhir.errors import BadRequest, NotAcceptable, NotFound, PacsFhirError
-from pacsfhir.index.dicomweb import StoredInstance, stored_instances
+from pacsfhir.dicom.multipart import MediaRange, Part, media_matches
+from pacsfhir.errors import NotAcceptable, NotFound, PacsFhirError
+from pacsfhir.index.dicomweb import StoredInstance
 
 router = APIRouter()
 
-STUDY = "/studies/{study}"
-SERIES = STUDY + "/series/{series}"
-INSTANCE = SERIES + "/instances/{instance}"
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = (DICOM_JSON, "application/json")
 
 
-# -- look-ups ----------------------------------------------------------------------------
-
-
-def _instances(
-    request: Request, study: str, series: str | None = None, instance: str | None = None
-) -> list[StoredInstance]:
-    for uid in (study, series, instance):
-        if uid is not None and not is_valid_uid(uid):
-            raise BadRequest(f"not a valid UID: {uid[:80]!r}")
-    archive = archive_of(request)
-    with archive.engine.connect() as conn:
-        found = stored_instances(conn, scope_of(request), study, series, instance)
-    if not found:
-        level = "instance" if instance else "series" if series else "study"
-        raise NotFound(f"no such {level}")
-    return found
-
-
-def _path(request: Request, stored: StoredInstance) -> str:
-    return str(archive_of(request).blobs.absolute(stored.blob))
+# -- locations and files -----------------------------------------------------------------
 
 
 def _location(request: Request, stored: StoredInstance) -> str:
     return (
         f"{base_url_of(request)}/studies/{stored.study_uid}/series/{stored.series_uid}"
         f"/instances/{stored.sop_uid}"
-    )
-
-
-def _accept(request: Request) -> list[MediaRange]:
-    """The ``accept`` query parameter (PS3.18 8.3.3.1) wins over the Accept header."""
-    value = request.query_params.get("accept")
-    return parse_accept(value if value is not None else request.headers.get("accept", ""))
-
-
-def _accept_text(request: Request) -> str:
-    return request.query_params.get("accept") or request.headers.get("accept", "")
-
-
-def _multipart_response(
-    parts: Sequence[Part] | Iterator[Part], root_type: str, known_length: bool = True
-) -> StreamingResponse:
-    boundary = multipart.new_boundary()
-    headers = {}
-    if known_length and isinstance(parts, Sequence):
-        size = multipart.length(parts, boundary)
-        if size is not None:
-            headers["Content-Length"] = str(size)
-    return StreamingResponse(
-        in_batches(multipart.stream(parts, boundary)),
-        media_type=multipart.content_type(root_type, boundary),
-        headers=headers,
     )
 
 
@@ -144,11 +95,11 @@ def _dicom_ranges(ranges: list[MediaRange]) -> list[MediaRange]:
 
 
 def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool) -> Response:
-    ranges = _accept(request)
+    ranges = accept_ranges(request)
     if single_ok and ranges and ranges[0].media_type == DICOM:
         only = instances[0]
         if _transfer_syntax_ok(ranges[0].transfer_syntax, only.transfer_syntax_uid):
-            path = _path(request, only)
+            path = path_of(request, only)
             return StreamingResponse(
                 in_batches(_file_chunks(path)),
                 media_type=f"{DICOM}; transfer-syntax={only.transfer_syntax_uid}",
@@ -157,7 +108,7 @@ def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool
     wanted = _dicom_ranges(ranges)
     if not wanted:
         raise NotAcceptable(
-            f"Accept: {_accept_text(request)} cannot be served; instances are served as "
+            f"Accept: {accept_text(request)} cannot be served; instances are served as "
             f'multipart/related; type="{DICOM}"'
         )
     refused = sorted(
@@ -176,7 +127,7 @@ def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool
         )
     parts = []
     for stored in instances:
-        path = _path(request, stored)
+        path = path_of(request, stored)
         try:
             size = os.path.getsize(path)
         except OSError as exc:
@@ -189,22 +140,22 @@ def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool
                 _location(request, stored),
             )
         )
-    return _multipart_response(parts, DICOM)
+    return multipart_response(parts, DICOM)
 
 
 @router.get(STUDY)
 def retrieve_study(request: Request, study: str) -> Response:
-    return _retrieve(request, _instances(request, study), single_ok=False)
+    return _retrieve(request, find_instances(request, study), single_ok=False)
 
 
 @router.get(SERIES)
 def retrieve_series(request: Request, study: str, series: str) -> Response:
-    return _retrieve(request, _instances(request, study, series), single_ok=False)
+    return _retrieve(request, find_instances(request, study, series), single_ok=False)
 
 
 @router.get(INSTANCE)
 def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
-    return _retrieve(request, _instances(request, study, series, instance), single_ok=True)
+    return _retrieve(request, find_instances(request, study, series, instance), single_ok=True)
 
 
 # -- metadata (application/dicom+json) ---------------------------------------------------
@@ -218,9 +169,9 @@ def _instance_json(request: Request, stored: StoredInstance) -> bytes:
 
 
 def _metadata(request: Request, instances: list[StoredInstance]) -> Response:
-    if not any(media_matches(r.media_type, t) for r in _accept(request) for t in _JSON_TYPES):
+    if not any(media_matches(r.media_type, t) for r in accept_ranges(request) for t in _JSON_TYPES):
         raise NotAcceptable(
-            f"Accept: {_accept_text(request)} cannot be served; metadata is served as "
+            f"Accept: {accept_text(request)} cannot be served; metadata is served as "
             f"{DICOM_JSON} (no XML)"
         )
 
@@ -237,17 +188,17 @@ def _metadata(request: Request, instances: list[StoredInstance]) -> Response:
 
 @router.get(STUDY + "/metadata")
 def study_metadata(request: Request, study: str) -> Response:
-    return _metadata(request, _instances(request, study))
+    return _metadata(request, find_instances(request, study))
 
 
 @router.get(SERIES + "/metadata")
 def series_metadata(request: Request, study: str, series: str) -> Response:
-    return _metadata(request, _instances(request, study, series))
+    return _metadata(request, find_instances(request, study, series))
 
 
 @router.get(INSTANCE + "/metadata")
 def instance_metadata_route(request: Request, study: str, series: str, instance: str) -> Response:
-    return _metadata(request, _instances(request, study, series, instance))
+    return _metadata(request, find_instances(request, study, series, instance))
 
 
 # -- pixel data, frames, bulk data -------------------------------------------------------
@@ -286,16 +237,9 @@ def _pixel_choice(ranges: list[MediaRange], transfer_syntax: str, single_ok: boo
 def _refuse_pixels(request: Request, transfer_syntax: str) -> NotAcceptable:
     own = OCTET_STREAM if is_native(transfer_syntax) else media_type_of(transfer_syntax)
     return NotAcceptable(
-        f"Accept: {_accept_text(request)} cannot be served: this pixel data is stored in "
+        f"Accept: {accept_text(request)} cannot be served: this pixel data is stored in "
         f"{transfer_syntax} and is served only as {own} (pacsfhir does not transcode)"
     )
-
-
-def _open(request: Request, stored: StoredInstance) -> PixelDataFile:
-    try:
-        return PixelDataFile(_path(request, stored))
-    except OSError as exc:
-        raise PacsFhirError(f"stored file of {stored.sop_uid} is unreadable") from exc
 
 
 def _frame_parts(
@@ -310,7 +254,7 @@ def _frame_parts(
 
 def _pixel_parts(request: Request, instances: list[StoredInstance]) -> Response:
     """All frames of every instance with pixel data (the Pixel Data resources)."""
-    ranges = _accept(request)
+    ranges = accept_ranges(request)
     plans = []
     for stored in instances:
         choice = _pixel_choice(ranges, stored.transfer_syntax_uid, single_ok=False)
@@ -320,7 +264,7 @@ def _pixel_parts(request: Request, instances: list[StoredInstance]) -> Response:
 
     def parts() -> Iterator[Part]:
         for stored, choice in plans:
-            source = _open(request, stored)
+            source = open_pixels(request, stored)
             if not source.has_pixel_data:
                 source.close()
                 continue
@@ -330,7 +274,7 @@ def _pixel_parts(request: Request, instances: list[StoredInstance]) -> Response:
             count = source.frame_count()
             yield from _frame_parts(source, range(count), choice.content_type)
 
-    return _multipart_response(parts(), plans[0][1].content_type.split(";")[0])
+    return multipart_response(parts(), plans[0][1].content_type.split(";")[0])
 
 
 def _closing(source: PixelDataFile, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -340,28 +284,18 @@ def _closing(source: PixelDataFile, chunks: Iterator[bytes]) -> Iterator[bytes]:
         source.close()
 
 
-def _frame_numbers(text: str) -> list[int]:
-    try:
-        numbers = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError as exc:
-        raise BadRequest(f"frame list must be comma-separated numbers: {text[:80]!r}") from exc
-    if not numbers or any(n < 1 for n in numbers) or len(numbers) > 10000:
-        raise BadRequest("frame numbers start at 1")
-    return numbers
-
-
 @router.get(INSTANCE + "/frames/{frames}")
 def retrieve_frames(
     request: Request, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    numbers = _frame_numbers(frames)
-    stored = _instances(request, study, series, instance)[0]
+    numbers = frame_numbers(frames)
+    stored = find_instances(request, study, series, instance)[0]
     if is_video(stored.transfer_syntax_uid):
         raise NotAcceptable("video pixel data has no frames; retrieve bulkdata/7FE00010")
-    choice = _pixel_choice(_accept(request), stored.transfer_syntax_uid, len(numbers) == 1)
+    choice = _pixel_choice(accept_ranges(request), stored.transfer_syntax_uid, len(numbers) == 1)
     if choice is None:
         raise _refuse_pixels(request, stored.transfer_syntax_uid)
-    source = _open(request, stored)
+    source = open_pixels(request, stored)
     try:
         count = source.frame_count()
         if not source.has_pixel_data:
@@ -381,7 +315,7 @@ def retrieve_frames(
             headers={"Content-Length": str(source.frame_length(index))},
         )
     parts = list(_frame_parts_eager(source, indexes, choice.content_type))
-    return _multipart_response(parts, choice.content_type.split(";")[0])
+    return multipart_response(parts, choice.content_type.split(";")[0])
 
 
 def _frame_parts_eager(
@@ -397,17 +331,17 @@ def _frame_parts_eager(
 
 @router.get(STUDY + "/pixeldata")
 def study_pixeldata(request: Request, study: str) -> Response:
-    return _pixel_parts(request, _instances(request, study))
+    return _pixel_parts(request, find_instances(request, study))
 
 
 @router.get(SERIES + "/pixeldata")
 def series_pixeldata(request: Request, study: str, series: str) -> Response:
-    return _pixel_parts(request, _instances(request, study, series))
+    return _pixel_parts(request, find_instances(request, study, series))
 
 
 @router.get(INSTANCE + "/pixeldata")
 def instance_pixeldata(request: Request, study: str, series: str, instance: str) -> Response:
-    return _pixel_parts(request, _instances(request, study, series, instance))
+    return _pixel_parts(request, find_instances(request, study, series, instance))
 
 
 @router.get(INSTANCE + "/bulkdata/{tag}")
@@ -417,15 +351,15 @@ def retrieve_bulkdata(
     if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
         raise NotFound(f"no bulk data {tag[:20]!r}")
     number = int(tag, 16)
-    stored = _instances(request, study, series, instance)[0]
+    stored = find_instances(request, study, series, instance)[0]
     if number in PIXEL_DATA_TAGS:
         return _pixel_value(request, stored, number)
-    choice = _pixel_choice(_accept(request), EXPLICIT_VR_LITTLE_ENDIAN, single_ok=True)
+    choice = _pixel_choice(accept_ranges(request), EXPLICIT_VR_LITTLE_ENDIAN, single_ok=True)
     if choice is None:
         raise NotAcceptable(
-            f"Accept: {_accept_text(request)} cannot be served; bulk data is {OCTET_STREAM}"
+            f"Accept: {accept_text(request)} cannot be served; bulk data is {OCTET_STREAM}"
         )
-    source = _open(request, stored)
+    source = open_pixels(request, stored)
     try:
         _vr, chunks, size = source.bulk_element(number)
     except Missing as exc:
@@ -436,17 +370,17 @@ def retrieve_bulkdata(
         return StreamingResponse(
             in_batches(body), media_type=OCTET_STREAM, headers={"Content-Length": str(size)}
         )
-    return _multipart_response([Part(OCTET_STREAM, body, size)], OCTET_STREAM)
+    return multipart_response([Part(OCTET_STREAM, body, size)], OCTET_STREAM)
 
 
 def _pixel_value(request: Request, stored: StoredInstance, tag: int) -> Response:
     """Pixel Data as bulk data: a native value whole, in one part; encapsulated pixel
     data one part a frame (a video: one part)."""
     if is_native(stored.transfer_syntax_uid):
-        choice = _pixel_choice(_accept(request), stored.transfer_syntax_uid, single_ok=True)
+        choice = _pixel_choice(accept_ranges(request), stored.transfer_syntax_uid, single_ok=True)
         if choice is None:
             raise _refuse_pixels(request, stored.transfer_syntax_uid)
-        source = _open(request, stored)
+        source = open_pixels(request, stored)
         if source.pixel_tag != tag or source.length is None:
             source.close()
             raise NotFound(f"no bulk data {tag:08X}")
@@ -457,184 +391,5 @@ def _pixel_value(request: Request, stored: StoredInstance, tag: int) -> Response
                 media_type=choice.content_type,
                 headers={"Content-Length": str(source.length)},
             )
-        return _multipart_response([Part(choice.content_type, body, source.length)], OCTET_STREAM)
+        return multipart_response([Part(choice.content_type, body, source.length)], OCTET_STREAM)
     return _pixel_parts(request, [stored])
-
-
-# -- rendered and thumbnails -------------------------------------------------------------
-
-
-def _rendered_choice(request: Request, multipart_ok: bool) -> tuple[str, bool]:
-    """(image media type, multipart?) from the Accept: JPEG unless PNG or GIF is asked."""
-    for r in _accept(request):
-        if r.is_multipart:
-            if not multipart_ok:
-                continue
-            wanted = r.part_type or "image/jpeg"
-            multi = True
-        else:
-            wanted, multi = r.media_type, False
-        for media in RENDERED_TYPES:
-            if media_matches(wanted, media):
-                return media, multi
-    raise NotAcceptable(
-        f"Accept: {_accept_text(request)} cannot be served; rendered images are "
-        f"{', '.join(RENDERED_TYPES)}"
-    )
-
-
-def _render_options(request: Request, media: str, thumbnail: bool) -> RenderOptions:
-    params = request.query_params
-    try:
-        window = parse_window(params["window"]) if "window" in params and not thumbnail else None
-        if "viewport" in params:
-            viewport: Viewport | None = parse_viewport(params["viewport"])
-        else:
-            viewport = Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None
-        quality = parse_quality(params["quality"]) if "quality" in params else 90
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from exc
-    return RenderOptions(media, window, viewport, quality)
-
-
-def _render_one(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
-    try:
-        return render(source, index, options)
-    except ViewportError as exc:
-        raise BadRequest(str(exc)) from exc
-    except (RenderError, Missing) as exc:
-        raise PacsFhirError(f"cannot render this frame: {exc}") from exc
-
-
-def _image_sources(request: Request, instances: list[StoredInstance]) -> Iterator[PixelDataFile]:
-    """Open instances that have pixel data, middle one first (for a representative)."""
-    middle = len(instances) // 2
-    order = sorted(range(len(instances)), key=lambda i: (abs(i - middle), i))
-    for i in order:
-        if is_video(instances[i].transfer_syntax_uid):
-            continue
-        source = _open(request, instances[i])
-        if source.has_pixel_data:
-            yield source
-        else:
-            source.close()
-
-
-def _representative(
-    request: Request, instances: list[StoredInstance], middle_frame: bool
-) -> tuple[PixelDataFile, int]:
-    by_series: dict[str, list[StoredInstance]] = {}
-    for stored in instances:
-        by_series.setdefault(stored.series_uid, []).append(stored)
-    for members in by_series.values():
-        for source in _image_sources(request, members):
-            count = source.frame_count()
-            if count:
-                return source, count // 2 if middle_frame else 0
-            source.close()
-    raise NotAcceptable("nothing here has pixel data to render")
-
-
-def _single_image(source: PixelDataFile, index: int, options: RenderOptions) -> Response:
-    with source:
-        return Response(_render_one(source, index, options), media_type=options.media_type)
-
-
-def _rendered(
-    request: Request, instances: list[StoredInstance], frames: list[int] | None = None
-) -> Response:
-    media, multi = _rendered_choice(request, multipart_ok=True)
-    options = _render_options(request, media, thumbnail=False)
-    if not multi:
-        if frames is None:
-            source, index = _representative(request, instances, middle_frame=False)
-        else:
-            source, index = _checked_frames(request, instances[0], frames), frames[0] - 1
-        return _single_image(source, index, options)
-    if frames is not None:
-        _checked_frames(request, instances[0], frames).close()
-        plan: list[tuple[StoredInstance, list[int] | None]] = [(instances[0], frames)]
-    else:
-        plan = [(stored, None) for stored in instances]
-
-    def parts() -> Iterator[Part]:
-        for stored, wanted in plan:
-            if is_video(stored.transfer_syntax_uid):
-                continue
-            with _open(request, stored) as source:
-                if not source.has_pixel_data:
-                    continue
-                indexes = [n - 1 for n in wanted] if wanted else range(source.frame_count())
-                for index in indexes:
-                    image = _render_one(source, index, options)
-                    yield Part(media, [image], len(image))
-
-    return _multipart_response(parts(), media)
-
-
-def _checked_frames(request: Request, stored: StoredInstance, frames: list[int]) -> PixelDataFile:
-    """The open instance, once every frame asked for is known to exist."""
-    source = _open(request, stored)
-    count = source.frame_count()
-    if not count or max(frames) > count:
-        source.close()
-        raise NotFound(f"no frame {max(frames)}: the instance has {count}")
-    return source
-
-
-def _thumbnail(
-    request: Request, instances: list[StoredInstance], frames: list[int] | None = None
-) -> Response:
-    media, _ = _rendered_choice(request, multipart_ok=False)
-    options = _render_options(request, media, thumbnail=True)
-    if frames is None:
-        source, index = _representative(request, instances, middle_frame=True)
-    else:
-        source, index = _checked_frames(request, instances[0], frames), frames[0] - 1
-    return _single_image(source, index, options)
-
-
-@router.get(STUDY + "/rendered")
-def study_rendered(request: Request, study: str) -> Response:
-    return _rendered(request, _instances(request, study))
-
-
-@router.get(SERIES + "/rendered")
-def series_rendered(request: Request, study: str, series: str) -> Response:
-    return _rendered(request, _instances(request, study, series))
-
-
-@router.get(INSTANCE + "/rendered")
-def instance_rendered(request: Request, study: str, series: str, instance: str) -> Response:
-    return _rendered(request, _instances(request, study, series, instance))
-
-
-@router.get(INSTANCE + "/frames/{frames}/rendered")
-def frames_rendered(
-    request: Request, study: str, series: str, instance: str, frames: str
-) -> Response:
-    numbers = _frame_numbers(frames)
-    return _rendered(request, _instances(request, study, series, instance), numbers)
-
-
-@router.get(STUDY + "/thumbnail")
-def study_thumbnail(request: Request, study: str) -> Response:
-    return _thumbnail(request, _instances(request, study))
-
-
-@router.get(SERIES + "/thumbnail")
-def series_thumbnail(request: Request, study: str, series: str) -> Response:
-    return _thumbnail(request, _instances(request, study, series))
-
-
-@router.get(INSTANCE + "/thumbnail")
-def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
-    return _thumbnail(request, _instances(request, study, series, instance))
-
-
-@router.get(INSTANCE + "/frames/{frames}/thumbnail")
-def frames_thumbnail(
-    request: Request, study: str, series: str, instance: str, frames: str
-) -> Response:
-    numbers = _frame_numbers(frames)
-    return _thumbnail(request, _instances(request, study, series, instance), numbers)

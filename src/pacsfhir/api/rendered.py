@@ -1,0 +1,220 @@
+"""Rendered resources (PS3.18 10.4.1.1.3) and thumbnails (PS3.18 10.4.1.1.4) of a study,
+series, instance or frames, as image/jpeg (the default), image/png or image/gif; rendered
+ones also as ``multipart/related``, one part a frame. The query parameters ``window``,
+``viewport`` and ``quality`` (PS3.18 8.3.5) shape the image; ``dicom.render`` draws it.
+Handlers take their scope from ``api.dicomweb_context.scope_of``: under a patient's
+``$wado-rs`` base anything of another patient is 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from pacsfhir.api.wado_common import (
+    INSTANCE,
+    SERIES,
+    STUDY,
+    accept_ranges,
+    accept_text,
+    find_instances,
+    frame_numbers,
+    multipart_response,
+    open_pixels,
+)
+from pacsfhir.dicom.frames import Missing, PixelDataFile, is_video
+from pacsfhir.dicom.multipart import Part, media_matches
+from pacsfhir.dicom.render import (
+    RENDERED_TYPES,
+    THUMBNAIL_SIZE,
+    RenderError,
+    RenderOptions,
+    Viewport,
+    ViewportError,
+    parse_quality,
+    parse_viewport,
+    parse_window,
+    render,
+)
+from pacsfhir.errors import BadRequest, NotAcceptable, NotFound, PacsFhirError
+from pacsfhir.index.dicomweb import StoredInstance
+
+router = APIRouter()
+
+
+def _rendered_choice(request: Request, multipart_ok: bool) -> tuple[str, bool]:
+    """(image media type, multipart?) from the Accept: JPEG unless PNG or GIF is asked."""
+    for r in accept_ranges(request):
+        if r.is_multipart:
+            if not multipart_ok:
+                continue
+            wanted = r.part_type or "image/jpeg"
+            multi = True
+        else:
+            wanted, multi = r.media_type, False
+        for media in RENDERED_TYPES:
+            if media_matches(wanted, media):
+                return media, multi
+    raise NotAcceptable(
+        f"Accept: {accept_text(request)} cannot be served; rendered images are "
+        f"{', '.join(RENDERED_TYPES)}"
+    )
+
+
+def _render_options(request: Request, media: str, thumbnail: bool) -> RenderOptions:
+    params = request.query_params
+    try:
+        window = parse_window(params["window"]) if "window" in params and not thumbnail else None
+        if "viewport" in params:
+            viewport: Viewport | None = parse_viewport(params["viewport"])
+        else:
+            viewport = Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None
+        quality = parse_quality(params["quality"]) if "quality" in params else 90
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    return RenderOptions(media, window, viewport, quality)
+
+
+def _render_one(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
+    try:
+        return render(source, index, options)
+    except ViewportError as exc:
+        raise BadRequest(str(exc)) from exc
+    except (RenderError, Missing) as exc:
+        raise PacsFhirError(f"cannot render this frame: {exc}") from exc
+
+
+def _image_sources(request: Request, instances: list[StoredInstance]) -> Iterator[PixelDataFile]:
+    """Open instances that have pixel data, middle one first (for a representative)."""
+    middle = len(instances) // 2
+    order = sorted(range(len(instances)), key=lambda i: (abs(i - middle), i))
+    for i in order:
+        if is_video(instances[i].transfer_syntax_uid):
+            continue
+        source = open_pixels(request, instances[i])
+        if source.has_pixel_data:
+            yield source
+        else:
+            source.close()
+
+
+def _representative(
+    request: Request, instances: list[StoredInstance], middle_frame: bool
+) -> tuple[PixelDataFile, int]:
+    by_series: dict[str, list[StoredInstance]] = {}
+    for stored in instances:
+        by_series.setdefault(stored.series_uid, []).append(stored)
+    for members in by_series.values():
+        for source in _image_sources(request, members):
+            count = source.frame_count()
+            if count:
+                return source, count // 2 if middle_frame else 0
+            source.close()
+    raise NotAcceptable("nothing here has pixel data to render")
+
+
+def _single_image(source: PixelDataFile, index: int, options: RenderOptions) -> Response:
+    with source:
+        return Response(_render_one(source, index, options), media_type=options.media_type)
+
+
+def _rendered(
+    request: Request, instances: list[StoredInstance], frames: list[int] | None = None
+) -> Response:
+    media, multi = _rendered_choice(request, multipart_ok=True)
+    options = _render_options(request, media, thumbnail=False)
+    if not multi:
+        if frames is None:
+            source, index = _representative(request, instances, middle_frame=False)
+        else:
+            source, index = _checked_frames(request, instances[0], frames), frames[0] - 1
+        return _single_image(source, index, options)
+    if frames is not None:
+        _checked_frames(request, instances[0], frames).close()
+        plan: list[tuple[StoredInstance, list[int] | None]] = [(instances[0], frames)]
+    else:
+        plan = [(stored, None) for stored in instances]
+
+    def parts() -> Iterator[Part]:
+        for stored, wanted in plan:
+            if is_video(stored.transfer_syntax_uid):
+                continue
+            with open_pixels(request, stored) as source:
+                if not source.has_pixel_data:
+                    continue
+                indexes = [n - 1 for n in wanted] if wanted else range(source.frame_count())
+                for index in indexes:
+                    image = _render_one(source, index, options)
+                    yield Part(media, [image], len(image))
+
+    return multipart_response(parts(), media)
+
+
+def _checked_frames(request: Request, stored: StoredInstance, frames: list[int]) -> PixelDataFile:
+    """The open instance, once every frame asked for is known to exist."""
+    source = open_pixels(request, stored)
+    count = source.frame_count()
+    if not count or max(frames) > count:
+        source.close()
+        raise NotFound(f"no frame {max(frames)}: the instance has {count}")
+    return source
+
+
+def _thumbnail(
+    request: Request, instances: list[StoredInstance], frames: list[int] | None = None
+) -> Response:
+    media, _ = _rendered_choice(request, multipart_ok=False)
+    options = _render_options(request, media, thumbnail=True)
+    if frames is None:
+        source, index = _representative(request, instances, middle_frame=True)
+    else:
+        source, index = _checked_frames(request, instances[0], frames), frames[0] - 1
+    return _single_image(source, index, options)
+
+
+@router.get(STUDY + "/rendered")
+def study_rendered(request: Request, study: str) -> Response:
+    return _rendered(request, find_instances(request, study))
+
+
+@router.get(SERIES + "/rendered")
+def series_rendered(request: Request, study: str, series: str) -> Response:
+    return _rendered(request, find_instances(request, study, series))
+
+
+@router.get(INSTANCE + "/rendered")
+def instance_rendered(request: Request, study: str, series: str, instance: str) -> Response:
+    return _rendered(request, find_instances(request, study, series, instance))
+
+
+@router.get(INSTANCE + "/frames/{frames}/rendered")
+def frames_rendered(
+    request: Request, study: str, series: str, instance: str, frames: str
+) -> Response:
+    numbers = frame_numbers(frames)
+    return _rendered(request, find_instances(request, study, series, instance), numbers)
+
+
+@router.get(STUDY + "/thumbnail")
+def study_thumbnail(request: Request, study: str) -> Response:
+    return _thumbnail(request, find_instances(request, study))
+
+
+@router.get(SERIES + "/thumbnail")
+def series_thumbnail(request: Request, study: str, series: str) -> Response:
+    return _thumbnail(request, find_instances(request, study, series))
+
+
+@router.get(INSTANCE + "/thumbnail")
+def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
+    return _thumbnail(request, find_instances(request, study, series, instance))
+
+
+@router.get(INSTANCE + "/frames/{frames}/thumbnail")
+def frames_thumbnail(
+    request: Request, study: str, series: str, instance: str, frames: str
+) -> Response:
+    numbers = frame_numbers(frames)
+    return _thumbnail(request, find_instances(request, study, series, instance), numbers)

@@ -1,0 +1,94 @@
+"""What the WADO-RS routes (PS3.18 10.4) share, ``api.wado`` (DICOM, metadata, bulk and
+pixel data, frames) and ``api.rendered`` (rendered images and thumbnails) alike: their
+resource paths, the stored instances a request names (within its scope, from
+``api.dicomweb_context.scope_of``: another patient's is 404), the Accept it sends and
+``multipart/related`` responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from fastapi import Request
+from starlette.responses import StreamingResponse
+
+from pacsfhir.api.dicomweb_context import archive_of, scope_of
+from pacsfhir.api.streaming import in_batches
+from pacsfhir.dicom import multipart
+from pacsfhir.dicom.frames import PixelDataFile
+from pacsfhir.dicom.multipart import MediaRange, Part, parse_accept
+from pacsfhir.dicom.uids import is_valid_uid
+from pacsfhir.errors import BadRequest, NotFound, PacsFhirError
+from pacsfhir.index.dicomweb import StoredInstance, stored_instances
+
+STUDY = "/studies/{study}"
+SERIES = STUDY + "/series/{series}"
+INSTANCE = SERIES + "/instances/{instance}"
+
+
+# -- look-ups ----------------------------------------------------------------------------
+
+
+def find_instances(
+    request: Request, study: str, series: str | None = None, instance: str | None = None
+) -> list[StoredInstance]:
+    for uid in (study, series, instance):
+        if uid is not None and not is_valid_uid(uid):
+            raise BadRequest(f"not a valid UID: {uid[:80]!r}")
+    archive = archive_of(request)
+    with archive.engine.connect() as conn:
+        found = stored_instances(conn, scope_of(request), study, series, instance)
+    if not found:
+        level = "instance" if instance else "series" if series else "study"
+        raise NotFound(f"no such {level}")
+    return found
+
+
+def path_of(request: Request, stored: StoredInstance) -> str:
+    return str(archive_of(request).blobs.absolute(stored.blob))
+
+
+def open_pixels(request: Request, stored: StoredInstance) -> PixelDataFile:
+    try:
+        return PixelDataFile(path_of(request, stored))
+    except OSError as exc:
+        raise PacsFhirError(f"stored file of {stored.sop_uid} is unreadable") from exc
+
+
+def frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError as exc:
+        raise BadRequest(f"frame list must be comma-separated numbers: {text[:80]!r}") from exc
+    if not numbers or any(n < 1 for n in numbers) or len(numbers) > 10000:
+        raise BadRequest("frame numbers start at 1")
+    return numbers
+
+
+# -- Accept and multipart responses ------------------------------------------------------
+
+
+def accept_ranges(request: Request) -> list[MediaRange]:
+    """The ``accept`` query parameter (PS3.18 8.3.3.1) wins over the Accept header."""
+    value = request.query_params.get("accept")
+    return parse_accept(value if value is not None else request.headers.get("accept", ""))
+
+
+def accept_text(request: Request) -> str:
+    return request.query_params.get("accept") or request.headers.get("accept", "")
+
+
+def multipart_response(
+    parts: Sequence[Part] | Iterator[Part], root_type: str, known_length: bool = True
+) -> StreamingResponse:
+    boundary = multipart.new_boundary()
+    headers = {}
+    if known_length and isinstance(parts, Sequence):
+        size = multipart.length(parts, boundary)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+    return StreamingResponse(
+        in_batches(multipart.stream(parts, boundary)),
+        media_type=multipart.content_type(root_type, boundary),
+        headers=headers,
+    )
