@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
 from pacsfhir.dicom.storage import BlobStore
+from pacsfhir.index.counts import CountCache
 from pacsfhir.index.engine import create_index_engine, migrate
 from pacsfhir.settings import Settings
 
@@ -16,6 +17,7 @@ class Archive:
     settings: Settings
     engine: Engine
     blobs: BlobStore
+    counts: CountCache = field(default_factory=CountCache)
 
     @classmethod
     def open(cls, settings: Settings) -> Archive:

@@ -305,6 +305,43 @@ def test_limit_and_offset_page_through_everything(sample_client: TestClient) -> 
     assert pages == every  # same order, nothing repeated or skipped
 
 
+def test_the_additional_results_count_follows_new_studies(archive: Archive, tmp_path: Path) -> None:
+    """The count behind the Warning is remembered between pages, and forgotten when any
+    writer (here a second archive on the same index, as a CLI ingest would be) adds or
+    replaces studies."""
+    template = load_template()
+
+    def add(names: range) -> None:
+        folder = tmp_path / f"batch-{names.start}"
+        if not folder.exists():
+            for n in names:
+                write_variant(template, folder / f"{n}.dcm", StudyID=f"S{n}")
+        writer = Archive.open(archive.settings)
+        try:
+            ingest([str(folder)], writer.engine, writer.blobs, workers=1)
+        finally:
+            writer.close()
+
+    def remaining(client: TestClient, offset: int = 0) -> int | None:
+        response = client.get(BASE + "/studies", params={"limit": 2, "offset": offset})
+        assert response.status_code == 200
+        warning = response.headers.get("warning")
+        if warning is None:
+            return None
+        return int(warning.split("There are ")[1].split()[0])
+
+    add(range(5))
+    with TestClient(create_app(archive.settings, archive)) as client:
+        assert remaining(client) == 3
+        assert remaining(client, 2) == 1
+        assert remaining(client) == 3  # from the cache: nothing changed
+        add(range(5, 9))
+        assert remaining(client) == 7
+        assert remaining(client, 6) == 1
+        add(range(5, 9))  # the same files again: already present, nothing changes
+        assert remaining(client, 4) == 3
+
+
 def test_includefield(sample_client: TestClient) -> None:
     ct = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
     params: dict[str, Any] = {"StudyInstanceUID": ct.StudyInstanceUID}

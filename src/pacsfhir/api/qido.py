@@ -99,7 +99,7 @@ def _search(
     tags = defaults | query.includes
     with_sidecars = query.include_all or not all(from_index(t) for t in tags)
     with archive.engine.connect() as conn:
-        page = qido.search(conn, query, scope)
+        page = qido.search(conn, query, scope, archive.counts)
         if not page.rows and study_uid is not None and not qido.exists(conn, query, scope):
             what = f"series {series_uid}" if series_uid else f"study {study_uid}"
             raise NotFound(f"{what} is not known here")

@@ -16,13 +16,14 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, func, literal, or_, select, true
 
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import BadRequest
+from pacsfhir.index.counts import CountCache
 from pacsfhir.index.dicomweb import Scope
 from pacsfhir.index.schema import instance, patient, series, study
 from pacsfhir.mapping.dicom_json import Level, attribute_level, keyword_of, tag_of, vr_of
@@ -543,9 +544,16 @@ def _details(level: Level) -> Select[Any]:
     return select(pk.label("_pk"), *columns).select_from(joins)
 
 
-def search(conn: Connection, query: QidoQuery, scope: Scope) -> Page:
+def _matching(query: QidoQuery) -> QidoQuery:
+    """``query`` without what does not change which rows match (page, return keys)."""
+    return replace(query, includes=frozenset(), include_all=False, limit=0, offset=0, ignored=())
+
+
+def search(
+    conn: Connection, query: QidoQuery, scope: Scope, counts: CountCache | None = None
+) -> Page:
     """One page of matches in ``scope``, in the order they were indexed, and how many
-    matches remain after it."""
+    matches remain after it (the count remembered in ``counts`` when given)."""
     pk, clauses = _condition(query, scope)
     if query.limit == 0:
         return Page([], 0)
@@ -556,8 +564,12 @@ def search(conn: Connection, query: QidoQuery, scope: Scope) -> Page:
     )
     remaining = 0
     if len(pks) == query.limit:
-        total = conn.execute(select(func.count()).select_from(pk.table).where(*clauses))
-        remaining = max(0, total.scalar_one() - query.offset - len(pks))
+        statement = select(func.count()).select_from(pk.table).where(*clauses)
+        if counts is None:
+            total = int(conn.execute(statement).scalar_one())
+        else:
+            total = counts.count(conn, ("qido", _matching(query), scope), statement)
+        remaining = max(0, total - query.offset - len(pks))
     if not pks:
         return Page([], remaining)
     details = _details(query.level).where(pk.in_(pks))

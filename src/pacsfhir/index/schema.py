@@ -134,3 +134,12 @@ study_code = Table(
 )
 Index("ix_study_code_lookup", study_code.c.param, study_code.c.code)
 Index("ix_study_code_study", study_code.c.study_pk)
+
+# One row: a number every write transaction increments, so that what is derived from the
+# index (match counts, see index.counts) can be remembered until the index changes.
+index_state = Table(
+    "index_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)

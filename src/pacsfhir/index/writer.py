@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from pacsfhir.dicom.reader import InstanceAttributes
+from pacsfhir.index.counts import advance_generation
 from pacsfhir.index.schema import instance, patient, series, study, study_code
 from pacsfhir.mapping.codes import coding_system
 from pacsfhir.mapping.dates import dicom_datetime, fhir_period
@@ -227,6 +228,7 @@ def write_instances(
     touched_series = set(series_pks.values()) | previous_series
     touched_studies = set(study_pks.values()) | _studies_of(conn, touched_series)
     _refresh_counts(conn, touched_series, touched_studies, now)
+    advance_generation(conn)
 
 
 def _replace_reason_codes(
