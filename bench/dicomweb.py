@@ -5,6 +5,7 @@ systems on a small set Orthanc can store in a few minutes."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import shutil
@@ -314,6 +315,12 @@ def _qido_list(expected: int | None) -> Any:
     return check
 
 
+def _day(i: int) -> str:
+    """A different day of 2015-2024 for each ``i`` (DA)."""
+    day = datetime.date(2015, 1, 1) + datetime.timedelta(days=(i * 7) % 3650)
+    return day.strftime("%Y%m%d")
+
+
 def qido_probes(
     client: httpx.Client, prefix: str, limit_expected: int, patient_ids: Sequence[str]
 ) -> list[Probe]:
@@ -323,7 +330,16 @@ def qido_probes(
         return client.build_request("GET", f"{prefix}/studies", params=params, headers=headers)
 
     limit = _qido_list(limit_expected)
-    probes = [Probe("/studies?limit=100", lambda i: studies(limit="100"), limit)]
+    probes = [
+        Probe("/studies?limit=100", lambda i: studies(limit="100"), limit),
+        # a different match set every request: no remembered count (pacsfhir caches the
+        # count behind the "additional results" Warning until the index changes)
+        Probe(
+            "/studies?limit=100&StudyDate=-<date> (new count each time)",
+            lambda i: studies(limit="100", StudyDate=f"-{_day(i)}"),
+            _qido_list(None),
+        ),
+    ]
     if patient_ids:
         probes.append(
             Probe(

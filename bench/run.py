@@ -254,8 +254,8 @@ def report(results: dict[str, Any]) -> str:
             )
         )
         notes = [
-            "  inst/s: files / wall seconds of the whole CLI run (interpreter start, imports,"
-            " migrations included) or of all POSTs;",
+            "  inst/s: files / wall seconds of the whole CLI run (interpreter start and imports"
+            " included) into an empty index created beforehand, as Orthanc's is, or of all POSTs;",
             "  w/o CLI start: the same minus the time `pacsfhir ingest` takes on an empty"
             " folder; PSS = real footprint of the process tree, RSS summed = upper bound;",
             "  CPU ms/inst: CPU time of the pacsfhir CLI + workers (+ PostgreSQL backends) or"
@@ -269,7 +269,8 @@ def report(results: dict[str, Any]) -> str:
         for backend, r in ingest["pacsfhir"].items():
             memory = r.get("memory", {})
             notes.append(
-                f"  pacsfhir ({backend}): CLI start {r['cli_overhead_seconds']} s; "
+                f"  pacsfhir ({backend}): CLI start {r['cli_overhead_seconds']} s "
+                f"(index creation run {r.get('index_creation_run_seconds', '?')} s); "
                 f"{memory.get('max_processes', 1)} processes; tree PSS MB at 25/50/75/100% "
                 f"of the run {memory.get('tree_pss_mb_at_25_50_75_100pct')}"
             )
