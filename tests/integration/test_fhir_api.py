@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
-from tests.support.dicom_factory import load_template, write_study
+from tests.support.dicom_factory import load_template, write_study, write_variant
 
 BASE = "http://pacsfhir.test"
 
@@ -280,3 +280,45 @@ def test_cors_only_for_configured_origins(sample_archive: Archive) -> None:
         assert preflight.headers["access-control-allow-origin"] == viewer
         other = client.get("/fhir/metadata", headers={"Origin": "http://evil.test"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_totals_follow_new_studies_in_search_and_compartment(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """Bundle.total is remembered between pages and forgotten when any writer (here a
+    second archive on the same index, as a CLI ingest would be) adds studies; the
+    compartment's total is its own."""
+    template = load_template()
+
+    def add(name: str, count: int, patient_id: str) -> None:
+        folder = tmp_path / name
+        for n in range(count):
+            write_variant(template, folder / f"{n}.dcm", PatientID=patient_id)
+        writer = Archive.open(archive.settings)
+        try:
+            ingest([str(folder)], writer.engine, writer.blobs, workers=1)
+        finally:
+            writer.close()
+
+    add("a", 3, "PA")
+    add("b", 2, "PB")
+    with TestClient(create_app(archive.settings, archive)) as client:
+
+        def total(url: str) -> int:
+            return int(client.get(url).json()["total"])
+
+        every = "/fhir/ImagingStudy?_count=1"
+        assert total(every) == 5
+        first = client.get(every).json()
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        assert client.get(path_of(next_url)).json()["total"] == 5
+        patient_a = client.get("/fhir/ImagingStudy?patient.identifier=PA").json()
+        patient_id = patient_a["entry"][0]["resource"]["subject"]["reference"].split("/")[1]
+        compartment = f"/fhir/Patient/{patient_id}/ImagingStudy?_count=1"
+        assert total(compartment) == 3
+        assert total("/fhir/ImagingStudy?_summary=count&patient.identifier=PB") == 2
+        add("c", 2, "PA")
+        assert total(every) == 7
+        assert client.get(path_of(next_url)).json()["total"] == 7
+        assert total(compartment) == 5
+        assert total("/fhir/ImagingStudy?_summary=count&patient.identifier=PB") == 2

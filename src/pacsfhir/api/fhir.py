@@ -173,7 +173,9 @@ def _search(
     if compartment_patient is not None:
         endpoint_id = patient_endpoint_id(compartment_patient)
     with archive.engine.connect() as conn:
-        page = search_page(conn, search, extra, endpoint_id)
+        page = search_page(
+            conn, search, extra, endpoint_id, archive.counts, extra_key=compartment_patient
+        )
         with_instances = search.summary not in ("true", "text")
         rows = queries.load_studies(conn, page.study_pks, with_instances=with_instances)
         patients = (

@@ -8,7 +8,7 @@ over the ImagingStudy that ``mapping.imagingstudy`` builds; tests compare the tw
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import False_
 
 from pacsfhir.errors import InvalidSearchParameter
+from pacsfhir.index.counts import CountCache
 from pacsfhir.index.schema import instance, patient, series, study, study_code
 from pacsfhir.mapping import codes
 from pacsfhir.mapping.body_part_table import BODY_PART_SNOMED
@@ -389,14 +390,26 @@ def search_page(
     request: SearchRequest,
     extra: Clause | None = None,
     endpoint_id: str = ENDPOINT_ID,
+    counts: CountCache | None = None,
+    extra_key: Hashable = None,
 ) -> Page:
-    """One page of matching study pks, the total when asked for, and the next cursor."""
+    """One page of matching study pks, the total when asked for, and the next cursor.
+    ``extra``: a further condition (a compartment), told apart in ``counts`` (where
+    totals are remembered) by ``extra_key``."""
     condition = where_clause(request, endpoint_id=endpoint_id)
     if extra is not None:
         condition = and_(condition, extra)
     wants_total = request.total != "none" or request.summary == "count"
+
+    def count() -> int:
+        statement = select(func.count()).select_from(study).where(condition)
+        key = _count_key(request, endpoint_id, extra_key)
+        if counts is None or key is None:
+            return int(conn.execute(statement).scalar_one())
+        return counts.count(conn, key, statement)
+
     if request.summary == "count" or request.count == 0:
-        return Page([], _count(conn, condition) if wants_total else None, None)
+        return Page([], count() if wants_total else None, None)
     columns = [(_sort_column(k), k.descending) for k in request.sort]
     query = select(study.c.pk, *(c for c, _ in columns)).where(condition)
     if request.cursor is not None:
@@ -412,9 +425,20 @@ def search_page(
     if wants_total:
         # a first page that holds every match needs no count
         complete = request.cursor is None and not has_more
-        total = len(rows) if complete else _count(conn, condition)
+        total = len(rows) if complete else count()
     return Page([r[0] for r in rows], total, next_cursor)
 
 
-def _count(conn: Connection, condition: Clause) -> int:
-    return int(conn.execute(select(func.count()).select_from(study).where(condition)).scalar_one())
+def _uses_the_clock(criterion: Criterion) -> bool:
+    """``ap`` dates are widened by a share of their distance from now."""
+    if criterion.chain is not None and _uses_the_clock(criterion.chain):
+        return True
+    return any(isinstance(v, DateValue) and v.prefix == "ap" for v in criterion.values)
+
+
+def _count_key(request: SearchRequest, endpoint_id: str, extra_key: Hashable) -> Hashable:
+    """What the total depends on (not the page, sort or elements); None when it also
+    depends on the time of the request."""
+    if any(_uses_the_clock(c) for c in request.criteria):
+        return None
+    return ("fhir", request.criteria, endpoint_id, extra_key)
