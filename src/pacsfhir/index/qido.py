@@ -557,24 +557,20 @@ def search(
     pk, clauses = _condition(query, scope)
     if query.limit == 0:
         return Page([], 0)
-    pks = list(
-        conn.execute(
-            select(pk).where(*clauses).order_by(pk).limit(query.limit).offset(query.offset)
-        ).scalars()
-    )
+    # One round trip: the page's pks as a subquery of the details query.
+    page = (
+        select(pk).where(*clauses).order_by(pk).limit(query.limit).offset(query.offset)
+    ).correlate(None)
+    details = _details(query.level).where(pk.in_(page)).order_by(pk)
+    rows = [dict(row._mapping) for row in conn.execute(details)]
     remaining = 0
-    if len(pks) == query.limit:
+    if len(rows) == query.limit:
         statement = select(func.count()).select_from(pk.table).where(*clauses)
         if counts is None:
             total = int(conn.execute(statement).scalar_one())
         else:
             total = counts.count(conn, ("qido", _matching(query), scope), statement)
-        remaining = max(0, total - query.offset - len(pks))
-    if not pks:
-        return Page([], remaining)
-    details = _details(query.level).where(pk.in_(pks))
-    by_pk = {row._mapping["_pk"]: dict(row._mapping) for row in conn.execute(details)}
-    rows = [by_pk[p] for p in pks if p in by_pk]
+        remaining = max(0, total - query.offset - len(rows))
     for row in rows:
         if "blob" in row:
             row["_blob"] = row.pop("blob")
