@@ -15,14 +15,13 @@ from starlette.responses import Response
 
 from pacsfhir.api.wado_common import (
     INSTANCE,
-    SERIES,
-    STUDY,
     accept_ranges,
     accept_text,
     find_instances,
     frame_numbers,
     multipart_response,
     open_pixels,
+    route_each_level,
 )
 from pacsfhir.dicom.frames import Missing, PixelDataFile, is_video
 from pacsfhir.dicom.multipart import Part, media_matches
@@ -174,19 +173,7 @@ def _thumbnail(
     return _single_image(source, index, options)
 
 
-@router.get(STUDY + "/rendered")
-def study_rendered(request: Request, study: str) -> Response:
-    return _rendered(request, find_instances(request, study))
-
-
-@router.get(SERIES + "/rendered")
-def series_rendered(request: Request, study: str, series: str) -> Response:
-    return _rendered(request, find_instances(request, study, series))
-
-
-@router.get(INSTANCE + "/rendered")
-def instance_rendered(request: Request, study: str, series: str, instance: str) -> Response:
-    return _rendered(request, find_instances(request, study, series, instance))
+route_each_level(router, "/rendered", "rendered", _rendered)
 
 
 @router.get(INSTANCE + "/frames/{frames}/rendered")
@@ -197,19 +184,7 @@ def frames_rendered(
     return _rendered(request, find_instances(request, study, series, instance), numbers)
 
 
-@router.get(STUDY + "/thumbnail")
-def study_thumbnail(request: Request, study: str) -> Response:
-    return _thumbnail(request, find_instances(request, study))
-
-
-@router.get(SERIES + "/thumbnail")
-def series_thumbnail(request: Request, study: str, series: str) -> Response:
-    return _thumbnail(request, find_instances(request, study, series))
-
-
-@router.get(INSTANCE + "/thumbnail")
-def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
-    return _thumbnail(request, find_instances(request, study, series, instance))
+route_each_level(router, "/thumbnail", "thumbnail", _thumbnail)
 
 
 @router.get(INSTANCE + "/frames/{frames}/thumbnail")

@@ -31,6 +31,7 @@ from pacsfhir.api.wado_common import (
     multipart_response,
     open_pixels,
     path_of,
+    route_each_level,
 )
 from pacsfhir.dicom.frames import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -186,19 +187,7 @@ def _metadata(request: Request, instances: list[StoredInstance]) -> Response:
     return StreamingResponse(in_batches(body()), media_type=DICOM_JSON)
 
 
-@router.get(STUDY + "/metadata")
-def study_metadata(request: Request, study: str) -> Response:
-    return _metadata(request, find_instances(request, study))
-
-
-@router.get(SERIES + "/metadata")
-def series_metadata(request: Request, study: str, series: str) -> Response:
-    return _metadata(request, find_instances(request, study, series))
-
-
-@router.get(INSTANCE + "/metadata")
-def instance_metadata_route(request: Request, study: str, series: str, instance: str) -> Response:
-    return _metadata(request, find_instances(request, study, series, instance))
+route_each_level(router, "/metadata", "metadata", _metadata)
 
 
 # -- pixel data, frames, bulk data -------------------------------------------------------
@@ -329,19 +318,7 @@ def _frame_parts_eager(
         yield Part(content_type, body, source.frame_length(index))
 
 
-@router.get(STUDY + "/pixeldata")
-def study_pixeldata(request: Request, study: str) -> Response:
-    return _pixel_parts(request, find_instances(request, study))
-
-
-@router.get(SERIES + "/pixeldata")
-def series_pixeldata(request: Request, study: str, series: str) -> Response:
-    return _pixel_parts(request, find_instances(request, study, series))
-
-
-@router.get(INSTANCE + "/pixeldata")
-def instance_pixeldata(request: Request, study: str, series: str, instance: str) -> Response:
-    return _pixel_parts(request, find_instances(request, study, series, instance))
+route_each_level(router, "/pixeldata", "pixeldata", _pixel_parts)
 
 
 @router.get(INSTANCE + "/bulkdata/{tag}")

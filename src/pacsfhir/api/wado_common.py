@@ -7,10 +7,10 @@ resource paths, the stored instances a request names (within its scope, from
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from fastapi import Request
-from starlette.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
 
 from pacsfhir.api.dicomweb_context import archive_of, scope_of
 from pacsfhir.api.streaming import in_batches
@@ -24,6 +24,27 @@ from pacsfhir.index.dicomweb import StoredInstance, stored_instances
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
+
+
+Handler = Callable[[Request, list[StoredInstance]], Response]
+
+
+def route_each_level(router: APIRouter, suffix: str, label: str, handle: Handler) -> None:
+    """``GET`` routes for a resource PS3.18 names at the study, series and instance
+    levels alike (``{level}{suffix}``), each handing the instances it names to
+    ``handle``; the routes are named ``study_{label}``, ``series_{label}`` and so on."""
+
+    @router.get(STUDY + suffix, name=f"study_{label}")
+    def study_level(request: Request, study: str) -> Response:
+        return handle(request, find_instances(request, study))
+
+    @router.get(SERIES + suffix, name=f"series_{label}")
+    def series_level(request: Request, study: str, series: str) -> Response:
+        return handle(request, find_instances(request, study, series))
+
+    @router.get(INSTANCE + suffix, name=f"instance_{label}")
+    def instance_level(request: Request, study: str, series: str, instance: str) -> Response:
+        return handle(request, find_instances(request, study, series, instance))
 
 
 # -- look-ups ----------------------------------------------------------------------------
