@@ -422,6 +422,23 @@ def measure(
     return result
 
 
+def measure_within(
+    client: httpx.Client, probe: Probe, n: int, warmup: int, budget_s: float
+) -> dict[str, Any]:
+    """``measure``, but first time one request: when ``n`` of them (and the warm-up)
+    would not fit in ``budget_s`` seconds, measure fewer, and say so (``reduced_from``)."""
+    start = time.perf_counter()
+    client.send(probe.make(0)).read()
+    one = time.perf_counter() - start
+    fits = max(5, int(budget_s / max(one, 1e-6)))
+    if fits >= n + warmup:
+        return measure(client, probe, n, warmup)
+    reduced_warmup = min(warmup, 2)
+    result = measure(client, probe, max(5, fits - reduced_warmup), reduced_warmup)
+    result["reduced_from"] = n
+    return result
+
+
 def expect_status(status: int = 200) -> Callable[[httpx.Response], str | None]:
     def check(response: httpx.Response) -> str | None:
         if response.status_code != status:

@@ -29,7 +29,7 @@ from bench.common import (
     TreeSampler,
     database_name,
     log,
-    measure,
+    measure_within,
     pacsfhir_command,
     pacsfhir_env,
     pacsfhir_server,
@@ -351,20 +351,6 @@ def qido_probes(
     return probes
 
 
-def _bounded(client: httpx.Client, probe: Probe, n: int, warmup: int) -> dict[str, Any]:
-    """``measure``, fewer requests (and said so) when ``n`` would not fit the budget."""
-    start = time.perf_counter()
-    client.send(probe.make(0)).read()
-    one = time.perf_counter() - start
-    fits = max(5, int(QIDO_BUDGET_S / max(one, 1e-6)))
-    if fits >= n + warmup:
-        return measure(client, probe, n, warmup)
-    reduced_warmup = min(warmup, 2)
-    result = measure(client, probe, max(5, fits - reduced_warmup), reduced_warmup)
-    result["reduced_from"] = n
-    return result
-
-
 def measure_qido(
     base: str,
     prefix: str,
@@ -380,7 +366,7 @@ def measure_qido(
     with httpx.Client(base_url=base, timeout=300) as client:
         for probe in qido_probes(client, prefix, limit_expected, patient_ids):
             with CpuMeter(pids=[pid], database=database) as cpu:
-                result = _bounded(client, probe, n, warmup)
+                result = measure_within(client, probe, n, warmup, QIDO_BUDGET_S)
             result["cpu"] = cpu.result()
             requests = result.get("n", 0) + result.get("warmup", 0) + 1
             server = result["cpu"]["watched_pids_cpu_s"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from bench.common import (
     database_name,
     expect_status,
     log,
-    measure,
+    measure_within,
     pacsfhir_server,
 )
 from bench.corpus import Corpus
@@ -133,7 +132,7 @@ def run_backend(corpus: Corpus, n: int, warmup: int, workdir: Path) -> dict[str,
         database = database_name(corpus.database_url) if corpus.database_url else ""
         for probe in probes(client, samples, studies):
             with CpuMeter(pids=[pid], database=database) as cpu:
-                result = _bounded(client, probe, n, warmup)
+                result = measure_within(client, probe, n, warmup, PROBE_BUDGET_S)
             result["cpu"] = cpu.result()
             result["seconds"] = result["cpu"]["wall_s"]
             requests = result.get("n", 0) + result.get("warmup", 0) + 1
@@ -146,18 +145,3 @@ def run_backend(corpus: Corpus, n: int, warmup: int, workdir: Path) -> dict[str,
                 f"errors {result['errors']}"
             )
     return out
-
-
-def _bounded(client: httpx.Client, probe: Probe, n: int, warmup: int) -> dict[str, Any]:
-    """``measure``, but first time one request: when ``n`` of them would not fit in the
-    budget, measure fewer (and say so)."""
-    start = time.perf_counter()
-    client.send(probe.make(0)).read()
-    one = time.perf_counter() - start
-    fits = max(5, int(PROBE_BUDGET_S / max(one, 1e-6)))
-    if fits >= n + warmup:
-        return measure(client, probe, n, warmup)
-    reduced_warmup = min(warmup, 2)
-    result = measure(client, probe, max(5, fits - reduced_warmup), reduced_warmup)
-    result["reduced_from"] = n
-    return result
