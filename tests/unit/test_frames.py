@@ -96,6 +96,16 @@ def test_native_frames_are_pydicoms_pixels_little_endian(name: str) -> None:
             source.frame(count)
 
 
+# The image the encapsulated-frame tests declare (8 x 8, 8 bit); their frames are stand-ins.
+JPEG_8X8: dict[str, object] = {
+    "Rows": 8,
+    "Columns": 8,
+    "BitsAllocated": 8,
+    "BitsStored": 8,
+    "HighBit": 7,
+}
+
+
 def write(path: Path, transfer_syntax: str, pixel_data: bytes, **attributes: object) -> Path:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -144,11 +154,7 @@ def test_encapsulated_frames_by_offset_table_or_fragment_scan(
         tmp_path / "enc.dcm",
         JPEGBaseline8Bit,
         data,
-        Rows=8,
-        Columns=8,
-        BitsAllocated=8,
-        BitsStored=8,
-        HighBit=7,
+        **JPEG_8X8,
         NumberOfFrames=5,
     )
     with PixelDataFile(path) as source:
@@ -163,11 +169,7 @@ def test_encapsulated_frames_by_extended_offset_table(tmp_path: Path) -> None:
         tmp_path / "ext.dcm",
         JPEGBaseline8Bit,
         data,
-        Rows=8,
-        Columns=8,
-        BitsAllocated=8,
-        BitsStored=8,
-        HighBit=7,
+        **JPEG_8X8,
         NumberOfFrames=4,
         ExtendedOffsetTable=offsets,
         ExtendedOffsetTableLengths=lengths,
@@ -252,11 +254,7 @@ def test_a_large_encapsulated_file_is_indexed_without_reading_its_fragments(
         tmp_path / "large-enc.dcm",
         JPEGBaseline8Bit,
         encapsulate(frames, has_bot=False),
-        Rows=8,
-        Columns=8,
-        BitsAllocated=8,
-        BitsStored=8,
-        HighBit=7,
+        **JPEG_8X8,
         NumberOfFrames=200,
     )
     expected = frames[-1]
