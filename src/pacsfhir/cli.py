@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pacsfhir.allocator import tune_for_streaming
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import IngestSummary, Result, count_files, ingest
 from pacsfhir.errors import ConfigurationError
@@ -153,7 +152,6 @@ def serve(settings: Settings) -> None:
             "use none on loopback."
         )
         raise typer.Exit(2)
-    tune_for_streaming()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 

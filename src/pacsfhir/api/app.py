@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 
 from pacsfhir import __version__
+from pacsfhir.allocator import tune_for_streaming
 from pacsfhir.api import dicomweb, fhir
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
@@ -24,6 +25,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tune_for_streaming()  # whichever ASGI server runs the app
         yield
         if archive is None:
             opened.close()
