@@ -24,7 +24,7 @@ class Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_index_engine(settings.index_url)
         migrate(engine)
-        blobs = BlobStore(settings.data_dir / "blobs")
+        blobs = BlobStore(settings.blob_dir)
         blobs.ensure()
         blobs.sweep_incoming()
         return cls(settings, engine, blobs)

@@ -5,18 +5,25 @@ from __future__ import annotations
 import ipaddress
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import IngestSummary, Result, count_files, ingest
+from pacsfhir.dicom.prepare import ParallelPreparer, count_files, files_ahead
+from pacsfhir.dicom.storage import BlobStore
 from pacsfhir.errors import ConfigurationError
 from pacsfhir.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    # Not at run time: the index layer (SQLAlchemy) is imported once the ingest workers
+    # have started, see run_ingest.
+    from pacsfhir.dicom.ingest import IngestSummary, Result
 
 app = typer.Typer(help="pacsfhir: the FHIR R4 face of a PACS.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -55,44 +62,52 @@ def _print_summary(summary: IngestSummary, seconds: float) -> None:
 
 
 def run_ingest(settings: Settings, paths: list[str], progress: bool) -> IngestSummary:
-    archive = Archive.open(settings)
+    blobs = BlobStore(settings.blob_dir)
+    blobs.ensure()
     started = time.perf_counter()
-    try:
-        if progress:
-            total = count_files(paths)
-            with Progress(
-                TextColumn("ingest"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            ) as bar:
-                task = bar.add_task("ingest", total=total)
+    ahead = files_ahead(settings.ingest_batch)
+    with ParallelPreparer(paths, str(blobs.root), settings.ingest_workers, ahead) as stream:
+        # Imported only now, after the parse workers have forked: they parse the first
+        # files while this process imports the index layer and opens the database.
+        from pacsfhir.archive import Archive
+        from pacsfhir.dicom.ingest import ingest_prepared
 
-                def advance(_result: Result) -> None:
-                    bar.advance(task)
-
-                summary = _ingest(archive, settings, paths, advance)
-        else:
-            summary = _ingest(archive, settings, paths, None)
-    finally:
-        archive.close()
+        archive = Archive.open(settings)
+        try:
+            with _progress_bar(count_files(paths) if progress else None) as advance:
+                summary = ingest_prepared(
+                    stream,
+                    archive.engine,
+                    archive.blobs,
+                    batch_size=settings.ingest_batch,
+                    timezone=settings.dicom_timezone,
+                    on_result=advance,
+                )
+        finally:
+            archive.close()
     _print_summary(summary, time.perf_counter() - started)
     return summary
 
 
-def _ingest(
-    archive: Archive, settings: Settings, paths: list[str], on_result: Any
-) -> IngestSummary:
-    return ingest(
-        paths,
-        archive.engine,
-        archive.blobs,
-        workers=settings.ingest_workers,
-        batch_size=settings.ingest_batch,
-        timezone=settings.dicom_timezone,
-        on_result=on_result,
-    )
+@contextmanager
+def _progress_bar(total: int | None) -> Iterator[Callable[[Result], None] | None]:
+    """A Rich progress bar of ``total`` files, advanced once a result; none for None."""
+    if total is None:
+        yield None
+        return
+    with Progress(
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("ingest", total=total)
+
+        def advance(_result: Result) -> None:
+            bar.advance(task)
+
+        yield advance
 
 
 @app.command("ingest")

@@ -97,6 +97,10 @@ class Settings:
         return Path(self.data)
 
     @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
     def index_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -154,6 +154,37 @@ def test_different_content_under_a_known_uid_replaces_it(archive: Archive, tmp_p
     assert_consistent(archive)  # the replaced blob is gone
 
 
+def test_parallel_ingest_keeps_the_file_that_comes_last(archive: Archive, tmp_path: Path) -> None:
+    """Two versions of one instance, parsed by different workers in different tasks and
+    batches: the one later in walk order is what the index and the blob store keep."""
+    template = load_template()
+    first = write_variant(template, tmp_path / "000.dcm", StudyDescription="first")
+    for n in range(1, 100):
+        write_variant(template, tmp_path / f"{n:03d}.dcm")
+    write_variant(
+        template,
+        tmp_path / "100.dcm",
+        study_uid=first.StudyInstanceUID,
+        series_uid=first.SeriesInstanceUID,
+        sop_uid=first.SOPInstanceUID,
+        StudyDescription="last",
+    )
+    summary = ingest([str(tmp_path)], archive.engine, archive.blobs, workers=2, batch_size=16)
+    assert (summary.counts["stored"], summary.counts["replaced"]) == (100, 1)
+    with archive.engine.connect() as conn:
+        blob = conn.execute(
+            select(instance.c.blob).where(instance.c.SOPInstanceUID == first.SOPInstanceUID)
+        ).scalar_one()
+        description = conn.execute(
+            select(study.c.StudyDescription).where(
+                study.c.StudyInstanceUID == first.StudyInstanceUID
+            )
+        ).scalar_one()
+    assert description == "last"
+    assert archive.blobs.absolute(blob).read_bytes() == (tmp_path / "100.dcm").read_bytes()
+    assert_consistent(archive)
+
+
 def test_instance_moving_to_another_study_updates_both(archive: Archive, tmp_path: Path) -> None:
     template = load_template()
     first = write_variant(template, tmp_path / "a.dcm")

@@ -34,7 +34,8 @@ from sqlalchemy import select
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.frames import media_type_of
-from pacsfhir.dicom.ingest import ingest, walk
+from pacsfhir.dicom.ingest import ingest
+from pacsfhir.dicom.prepare import walk
 from pacsfhir.index.schema import instance, patient, series, study
 from tests.conftest import (
     LiveServer,

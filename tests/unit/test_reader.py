@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacsfhir.dicom.ingest import walk
+from pacsfhir.dicom.prepare import walk
 from pacsfhir.dicom.reader import InstanceAttributes, read_instance
 from pacsfhir.errors import RejectedInstance
 from tests.conftest import PYDICOM_DATA, sample_paths

@@ -19,7 +19,8 @@ from starlette.responses import Response
 
 from pacsfhir.api.dicomweb_context import archive_of, base_url_of, scope_of
 from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import Outcome, Prepared, Rejected, commit_batch, prepare_staged
+from pacsfhir.dicom.ingest import Outcome, commit_batch
+from pacsfhir.dicom.prepare import Prepared, Rejected, prepare_staged
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.dicom.upload import ReceivedPart, receive_parts, related_boundary
 from pacsfhir.errors import NotAcceptable, NotFound

@@ -1,5 +1,5 @@
-"""The one ingest path (CLI, and later STOW-RS and C-STORE): stage, read, place, sync,
-index.
+"""The one ingest path (CLI, STOW-RS, later C-STORE): stage and read (``prepare``), then
+place, sync and index here.
 
 Durability: an instance is reported stored only after its blob and every directory
 entry have been flushed (one ``syncfs`` per batch) and the index transaction holding
@@ -9,25 +9,17 @@ that leaves at most an unreferenced blob, never an index row without its file.
 
 from __future__ import annotations
 
-import io
-import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 
 from sqlalchemy import Engine
 
-from pacsfhir.dicom.reader import InstanceAttributes, read_instance
-from pacsfhir.dicom.storage import BlobStore, StagedFile
-from pacsfhir.errors import RejectedInstance
+from pacsfhir.dicom.prepare import ParallelPreparer, Prepared, Rejected, files_ahead
+from pacsfhir.dicom.storage import BlobStore
 from pacsfhir.index.writer import IndexRecord, existing_instances, write_instances
-
-_PATHS_PER_TASK = 32
-_PARSE_IN_MEMORY = 1 << 20  # files up to this size are read once and parsed from memory
 
 
 class Outcome(Enum):
@@ -35,22 +27,6 @@ class Outcome(Enum):
     REPLACED = "replaced"
     ALREADY_PRESENT = "already present"
     REJECTED = "rejected"
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A file staged in the blob store and read, ready to be committed."""
-
-    source: str
-    staged: StagedFile
-    attributes: InstanceAttributes
-
-
-@dataclass(frozen=True)
-class Rejected:
-    source: str
-    reason: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -78,40 +54,6 @@ class IngestSummary:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-def prepare_staged(
-    source: str, staged: StagedFile, blobs: BlobStore, content: bytes | None = None
-) -> Prepared | Rejected:
-    """Read a staged file (from ``content`` when it holds the whole file); a rejected one
-    is removed from staging."""
-    try:
-        if staged.size == 0:
-            raise RejectedInstance("not-dicom", "empty file")
-        with io.BytesIO(content) if content is not None else open(staged.path, "rb") as fp:
-            attributes = read_instance(fp, staged.size)
-    except RejectedInstance as exc:
-        blobs.discard(staged.path)
-        return Rejected(source, exc.reason, exc.detail)
-    return Prepared(source, staged, attributes)
-
-
-def prepare_file(path: str, blob_root: str) -> Prepared | Rejected:
-    """Copy one file into staging (hashing it on the way) and read its header."""
-    blobs = BlobStore(Path(blob_root))
-    try:
-        with open(path, "rb") as source:
-            head = source.read(_PARSE_IN_MEMORY)
-            staged = blobs.stage_stream(source, head)
-    except OSError as exc:
-        return Rejected(path, "unreadable", exc.strerror or str(exc))
-    # small files (most instances) are parsed from memory; large ones from the staged copy
-    whole = head if staged.size == len(head) else None
-    return prepare_staged(path, staged, blobs, whole)
-
-
-def _prepare_many(paths: Sequence[str], blob_root: str) -> list[Prepared | Rejected]:
-    return [prepare_file(p, blob_root) for p in paths]
 
 
 def commit_batch(
@@ -164,33 +106,6 @@ def to_micros_now() -> int:
     return time.time_ns() // 1_000_000 * 1000
 
 
-def walk(paths: Iterable[str]) -> Iterator[str]:
-    """Every file under the given files and folders, recursively, in a stable order."""
-    for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    yield os.path.join(root, name)
-        else:
-            yield path
-
-
-def count_files(paths: Iterable[str]) -> int:
-    return sum(1 for _ in walk(paths))
-
-
-def _chunked(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def ingest(
     paths: Iterable[str],
     engine: Engine,
@@ -201,23 +116,28 @@ def ingest(
     timezone: str = "",
     on_result: Callable[[Result], None] | None = None,
 ) -> IngestSummary:
-    """Ingest files and folders. Parsing runs in ``workers`` processes (0: one per core)
-    while this process places blobs and writes the index; at most a few batches are in
-    flight, so memory stays flat however many files there are."""
+    """Ingest files and folders: parsing runs in ``workers`` processes (0: one per core)
+    while this process places blobs and writes the index."""
     blobs.ensure()
+    with ParallelPreparer(paths, str(blobs.root), workers, ahead=files_ahead(batch_size)) as stream:
+        return ingest_prepared(
+            stream, engine, blobs, batch_size=batch_size, timezone=timezone, on_result=on_result
+        )
+
+
+def ingest_prepared(
+    stream: Iterable[Sequence[Prepared | Rejected]],
+    engine: Engine,
+    blobs: BlobStore,
+    *,
+    batch_size: int = 256,
+    timezone: str = "",
+    on_result: Callable[[Result], None] | None = None,
+) -> IngestSummary:
+    """Commit prepared files in batches of ``batch_size``, in the order they come;
+    rejected ones are counted with their reason."""
     summary = IngestSummary()
     pending: list[Prepared] = []
-
-    def handle(prepared: Iterable[Prepared | Rejected]) -> None:
-        for item in prepared:
-            if isinstance(item, Rejected):
-                record(
-                    Result(item.source, Outcome.REJECTED, reason=item.reason, detail=item.detail)
-                )
-            else:
-                pending.append(item)
-        if len(pending) >= batch_size:
-            flush()
 
     def record(result: Result) -> None:
         summary.add(result)
@@ -229,21 +149,15 @@ def ingest(
             record(result)
         pending.clear()
 
-    workers = workers or os.cpu_count() or 1
-    chunks = _chunked(walk(paths), _PATHS_PER_TASK)
-    if workers == 1:
-        for chunk in chunks:
-            handle(_prepare_many(chunk, str(blobs.root)))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            in_flight: set[Future[list[Prepared | Rejected]]] = set()
-            for chunk in chunks:
-                in_flight.add(pool.submit(_prepare_many, chunk, str(blobs.root)))
-                if len(in_flight) >= workers * 2:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        handle(future.result())
-            for future in in_flight:
-                handle(future.result())
+    for prepared in stream:
+        for item in prepared:
+            if isinstance(item, Rejected):
+                record(
+                    Result(item.source, Outcome.REJECTED, reason=item.reason, detail=item.detail)
+                )
+            else:
+                pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
     flush()
     return summary
