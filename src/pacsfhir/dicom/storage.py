@@ -91,8 +91,11 @@ class BlobStore:
     def place(self, staged: StagedFile, relative: str) -> None:
         """Move a staged file to its final name (not yet durable: see ``sync``)."""
         final = self.root / relative
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, final)
+        try:  # most instances go to a series folder an earlier one made
+            os.replace(staged.path, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, final)
 
     def write_metadata(self, relative: str, metadata: bytes) -> None:
         """Cache the instance's DICOM JSON beside its blob (atomically; it is derived from

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from pacsfhir.index.schema import instance, patient, series, study
 from pacsfhir.mapping.imagingstudy import SeriesRows
@@ -41,20 +41,25 @@ def _decode_json(values: dict[str, Any], json_columns: Sequence[str]) -> dict[st
     return values
 
 
-_PATIENT_PREFIX = "patient__"
-_INSTANCE_PREFIX = "instance__"
-
-
-def _split(row: Any, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A joined row's own columns, and those labelled with ``prefix`` (prefix removed)."""
-    own: dict[str, Any] = {}
-    other: dict[str, Any] = {}
-    for key, value in row._mapping.items():
-        if key.startswith(prefix):
-            other[key[len(prefix) :]] = value
-        else:
-            own[key] = value
-    return own, other
+# The statements are built once: building a select of every study and patient column
+# cost more than running it (measured: about 0.5 ms of a 5 ms read on PostgreSQL).
+_STUDIES_WITH_PATIENT = select(study, *patient.c).join(patient, patient.c.pk == study.c.patient_pk)
+_STUDY_BY_UID = _STUDIES_WITH_PATIENT.where(study.c.StudyInstanceUID == bindparam("study_uid"))
+_STUDIES_BY_PK = _STUDIES_WITH_PATIENT.where(study.c.pk.in_(bindparam("pks", expanding=True)))
+_STUDY_WIDTH = len(study.c)
+_SERIES_OF_STUDIES = select(series).where(series.c.study_pk.in_(bindparam("pks", expanding=True)))
+_SERIES_AND_INSTANCES_OF_STUDIES = (
+    select(series, *_INSTANCE_COLUMNS)
+    .join(instance, instance.c.series_pk == series.c.pk)
+    .where(series.c.study_pk.in_(bindparam("pks", expanding=True)))
+)
+_SERIES_WIDTH = len(series.c)
+_STUDY_KEYS = tuple(c.name for c in study.c)
+_PATIENT_KEYS = tuple(c.name for c in patient.c)
+_SERIES_KEYS = tuple(c.name for c in series.c)
+_INSTANCE_KEYS = tuple(c.name for c in _INSTANCE_COLUMNS)
+_SERIES_PK = _SERIES_KEYS.index("pk")
+_SERIES_STUDY_PK = _SERIES_KEYS.index("study_pk")
 
 
 def load_studies(
@@ -65,37 +70,31 @@ def load_studies(
 ) -> list[StudyRows]:
     """Studies (by pk, in that order; or the one with ``study_uid``), each with its
     patient, series (and instances): two queries, however many studies."""
-    studies_with_patient = select(
-        study, *(c.label(_PATIENT_PREFIX + c.name) for c in patient.c)
-    ).join(patient, patient.c.pk == study.c.patient_pk)
     if study_uid is not None:
-        studies_with_patient = studies_with_patient.where(study.c.StudyInstanceUID == study_uid)
+        rows = conn.execute(_STUDY_BY_UID, {"study_uid": study_uid})
     elif study_pks:
-        studies_with_patient = studies_with_patient.where(study.c.pk.in_(study_pks))
+        rows = conn.execute(_STUDIES_BY_PK, {"pks": list(study_pks)})
     else:
         return []
     studies: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for row in conn.execute(studies_with_patient):
-        study_values, patient_values = _split(row, _PATIENT_PREFIX)
+    for row in rows:
+        study_values = dict(zip(_STUDY_KEYS, row[:_STUDY_WIDTH], strict=True))
+        patient_values = dict(zip(_PATIENT_KEYS, row[_STUDY_WIDTH:], strict=True))
         studies[study_values["pk"]] = (_decode_json(study_values, _STUDY_JSON), patient_values)
     if not studies:
         return []
-    series_query = select(series).where(series.c.study_pk.in_(list(studies)))
-    if with_instances:
-        series_query = select(
-            series, *(c.label(_INSTANCE_PREFIX + c.name) for c in _INSTANCE_COLUMNS)
-        ).join(instance, instance.c.series_pk == series.c.pk)
-        series_query = series_query.where(series.c.study_pk.in_(list(studies)))
+    statement = _SERIES_AND_INSTANCES_OF_STUDIES if with_instances else _SERIES_OF_STUDIES
     series_by_study: dict[int, dict[int, SeriesRows]] = defaultdict(dict)
-    for row in conn.execute(series_query):
-        series_values, instance_values = _split(row, _INSTANCE_PREFIX)
-        by_pk = series_by_study[series_values["study_pk"]]
-        if series_values["pk"] not in by_pk:
-            by_pk[series_values["pk"]] = SeriesRows(_decode_json(series_values, _SERIES_JSON), [])
-        if instance_values:
-            instances = by_pk[series_values["pk"]].instances
+    for row in conn.execute(statement, {"pks": list(studies)}):
+        series_pk, study_pk = row[_SERIES_PK], row[_SERIES_STUDY_PK]
+        by_pk = series_by_study[study_pk]
+        if series_pk not in by_pk:
+            series_values = dict(zip(_SERIES_KEYS, row[:_SERIES_WIDTH], strict=True))
+            by_pk[series_pk] = SeriesRows(_decode_json(series_values, _SERIES_JSON), [])
+        if with_instances:
+            instances = by_pk[series_pk].instances
             assert isinstance(instances, list)
-            instances.append(instance_values)
+            instances.append(dict(zip(_INSTANCE_KEYS, row[_SERIES_WIDTH:], strict=True)))
     order = list(studies) if study_uid is not None else study_pks
     return [
         StudyRows(
