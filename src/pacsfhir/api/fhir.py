@@ -15,6 +15,7 @@ from pacsfhir.api.responses import FhirResponse, check_format
 from pacsfhir.archive import Archive
 from pacsfhir.errors import NotFound, TooCostly, UnsupportedMediaType
 from pacsfhir.index import queries
+from pacsfhir.index.engine import read_connection
 from pacsfhir.index.schema import patient as patient_table
 from pacsfhir.index.schema import study as study_table
 from pacsfhir.index.search import search_page
@@ -76,7 +77,7 @@ def metadata(request: Request) -> Response:
 def read_imaging_study(request: Request, study_id: str) -> Response:
     check_format(request)
     archive = _archive(request)
-    with archive.engine.connect() as conn:
+    with read_connection(archive.engine) as conn:
         rows = queries.load_studies(conn, study_uid=study_id)
     if not rows:
         raise NotFound(f"ImagingStudy/{study_id} is not known")
@@ -90,7 +91,7 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
 @router.get("/Patient/{patient_id}")
 def read_patient(request: Request, patient_id: str) -> Response:
     check_format(request)
-    with _archive(request).engine.connect() as conn:
+    with read_connection(_archive(request).engine) as conn:
         row = queries.patient_by_resource_id(conn, patient_id)
     if row is None:
         raise NotFound(f"Patient/{patient_id} is not known")
@@ -112,7 +113,7 @@ def read_endpoint(request: Request, endpoint_id: str) -> Response:
 
 
 def _patient_exists(archive: Archive, patient_id: str) -> bool:
-    with archive.engine.connect() as conn:
+    with read_connection(archive.engine) as conn:
         return queries.patient_by_resource_id(conn, patient_id) is not None
 
 
@@ -172,7 +173,7 @@ def _search(
     endpoint_id = ENDPOINT_ID
     if compartment_patient is not None:
         endpoint_id = patient_endpoint_id(compartment_patient)
-    with archive.engine.connect() as conn:
+    with read_connection(archive.engine) as conn:
         page = search_page(
             conn, search, extra, endpoint_id, archive.counts, extra_key=compartment_patient
         )

@@ -23,6 +23,7 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.metadata import metadata_of
 from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
 from pacsfhir.index import qido
+from pacsfhir.index.engine import read_connection
 from pacsfhir.index.qido import QidoQuery, parse_query
 from pacsfhir.mapping.dicom_json import Level, default_tags, from_index, result_objects
 
@@ -98,7 +99,7 @@ def _search(
     defaults = default_tags(level, study_uid is not None, series_uid is not None)
     tags = defaults | query.includes
     with_sidecars = query.include_all or not all(from_index(t) for t in tags)
-    with archive.engine.connect() as conn:
+    with read_connection(archive.engine) as conn:
         page = qido.search(conn, query, scope, archive.counts)
         if not page.rows and study_uid is not None and not qido.exists(conn, query, scope):
             what = f"series {series_uid}" if series_uid else f"study {study_uid}"

@@ -20,6 +20,7 @@ from pacsfhir.dicom.multipart import MediaRange, Part, parse_accept
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import BadRequest, NotFound, PacsFhirError
 from pacsfhir.index.dicomweb import StoredInstance, stored_instances
+from pacsfhir.index.engine import read_connection
 
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
@@ -57,7 +58,7 @@ def find_instances(
         if uid is not None and not is_valid_uid(uid):
             raise BadRequest(f"not a valid UID: {uid[:80]!r}")
     archive = archive_of(request)
-    with archive.engine.connect() as conn:
+    with read_connection(archive.engine) as conn:
         found = stored_instances(conn, scope_of(request), study, series, instance)
     if not found:
         level = "instance" if instance else "series" if series else "study"
