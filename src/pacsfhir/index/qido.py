@@ -19,7 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, literal, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    true,
+)
 
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import BadRequest
@@ -456,24 +467,52 @@ def _date_micros(date: str) -> int:
     return (moment - _EPOCH) // datetime.timedelta(microseconds=1)
 
 
-def _study_date_index(match: Match) -> Clause:
-    """A Study Date match narrowed through the index on ``started_low``: the index's
-    start of the study (Study Date and Time in UTC, see ``index.writer``) lies within a
-    day of its Study Date whatever the offset from UTC (at most 14:59). Studies whose
-    date the index could not read (``started_low`` NULL) are left to the text match."""
+def _study_date_window(match: Match) -> tuple[int, int]:
+    """The ``started_low`` values a Study Date match can have: the index's start of the
+    study (Study Date and Time in UTC, see ``index.writer``) lies within a day of its
+    Study Date whatever the offset from UTC (at most 14:59)."""
     if isinstance(match, ValueMatch):
         low, high = min(match.values), max(match.values)
     else:
         low, high = match.low or "00010101", match.high or "99991231"
-    window = study.c.started_low.between(
-        _date_micros(low) - _DAY_MICROS, _date_micros(high) + 2 * _DAY_MICROS
-    )
-    return or_(window, study.c.started_low.is_(None))
+    return _date_micros(low) - _DAY_MICROS, _date_micros(high) + 2 * _DAY_MICROS
 
 
-def _study_condition(query: QidoQuery, scope: Scope) -> list[Clause]:
+def _study_date_index(match: Match, scan: bool) -> Clause:
+    """A Study Date match narrowed through the index on ``started_low``; with ``scan``,
+    through the same window written so that no index serves it (see ``_broad_dates``).
+    Studies whose date the index could not read (``started_low`` NULL) are left to the
+    text match."""
+    column = study.c.started_low + literal_column("0") if scan else study.c.started_low
+    low, high = _study_date_window(match)
+    return or_(column.between(low, high), study.c.started_low.is_(None))
+
+
+def _broad_dates(conn: Connection, query: QidoQuery) -> bool:
+    """Does a Study Date range hold a tenth of the studies or more? SQLite, with no
+    statistics on value ranges, then still walks the date index and sorts every match
+    (100,000 studies, half matching: 109 ms for a page), where reading the table in
+    primary key order finds a page at once (0.1 ms) and counts in 20 ms. Counting the
+    index entries up to that tenth costs under a millisecond. PostgreSQL's planner has
+    the statistics to choose by itself."""
+    dates = [m for m in query.matches if m.keyword == "StudyDate"]
+    if conn.dialect.name != "sqlite" or not dates:
+        return False
+    tenth = (conn.execute(select(func.max(study.c.pk))).scalar() or 0) // 10
+    if tenth < 1000:
+        return False
+    for match in dates:
+        low, high = _study_date_window(match)
+        in_window = select(study.c.pk).where(study.c.started_low.between(low, high))
+        capped = select(func.count()).select_from(in_window.limit(tenth).subquery())
+        if int(conn.execute(capped).scalar_one()) < tenth:
+            return False
+    return True
+
+
+def _study_condition(query: QidoQuery, scope: Scope, scan_dates: bool = False) -> list[Clause]:
     clauses = _clauses(query, _STUDY_COLUMNS)
-    clauses += [_study_date_index(m) for m in query.matches if m.keyword == "StudyDate"]
+    clauses += [_study_date_index(m, scan_dates) for m in query.matches if m.keyword == "StudyDate"]
     patient_clauses = _clauses(query, _PATIENT_COLUMNS)
     if patient_clauses:
         clauses.append(study.c.patient_pk.in_(select(patient.c.pk).where(*patient_clauses)))
@@ -484,24 +523,26 @@ def _study_condition(query: QidoQuery, scope: Scope) -> list[Clause]:
     return clauses
 
 
-def _series_condition(query: QidoQuery, scope: Scope) -> list[Clause]:
+def _series_condition(query: QidoQuery, scope: Scope, scan_dates: bool = False) -> list[Clause]:
     clauses = _clauses(query, _SERIES_COLUMNS)
     if query.series_uid is not None:
         clauses.append(series.c.SeriesInstanceUID == query.series_uid)
-    study_clauses = _study_condition(query, scope)
+    study_clauses = _study_condition(query, scope, scan_dates)
     if study_clauses:
         clauses.append(series.c.study_pk.in_(select(study.c.pk).where(*study_clauses)))
     return clauses
 
 
-def _condition(query: QidoQuery, scope: Scope) -> tuple[Any, list[Clause]]:
+def _condition(
+    query: QidoQuery, scope: Scope, scan_dates: bool = False
+) -> tuple[Any, list[Clause]]:
     """The table searched (its primary key) and the WHERE clauses over it."""
     if query.level is Level.STUDY:
-        return study.c.pk, _study_condition(query, scope)
+        return study.c.pk, _study_condition(query, scope, scan_dates)
     if query.level is Level.SERIES:
-        return series.c.pk, _series_condition(query, scope)
+        return series.c.pk, _series_condition(query, scope, scan_dates)
     clauses = _clauses(query, _INSTANCE_COLUMNS)
-    series_clauses = _series_condition(query, scope)
+    series_clauses = _series_condition(query, scope, scan_dates)
     if series_clauses:
         clauses.append(instance.c.series_pk.in_(select(series.c.pk).where(*series_clauses)))
     return instance.c.pk, clauses
@@ -554,7 +595,7 @@ def search(
 ) -> Page:
     """One page of matches in ``scope``, in the order they were indexed, and how many
     matches remain after it (the count remembered in ``counts`` when given)."""
-    pk, clauses = _condition(query, scope)
+    pk, clauses = _condition(query, scope, _broad_dates(conn, query))
     if query.limit == 0:
         return Page([], 0)
     # One round trip: the page's pks as a subquery of the details query.
