@@ -145,10 +145,9 @@ class ParallelPreparer:
                 future.cancel()
             self._pool.shutdown(wait=True)
             self._pool = None
-            if exc_type is not None:
-                # files a task staged but nobody committed; the sweep of ``incoming/``
-                # would remove them in an hour, this does it now
-                self._discard_unconsumed()
+            # Left early (an error, or a break): what the tasks staged and nobody took.
+            # The sweep of ``incoming/`` would remove it in an hour; this does it now.
+            self._discard_unconsumed()
 
     def _discard_unconsumed(self) -> None:
         blobs = BlobStore(Path(self._blob_root))
