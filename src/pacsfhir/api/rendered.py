@@ -8,7 +8,7 @@ Handlers take their scope from ``api.dicomweb_context.scope_of``: under a patien
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -173,23 +173,18 @@ def _thumbnail(
     return _single_image(source, index, options)
 
 
-route_each_level(router, "/rendered", "rendered", _rendered)
+def _route(suffix: str, label: str, handle: Callable[..., Response]) -> None:
+    """``suffix`` at the study, series and instance levels, and after an instance's
+    frames (``.../frames/{frames}{suffix}``, named ``frames_{label}``)."""
+    route_each_level(router, suffix, label, handle)
+
+    @router.get(INSTANCE + "/frames/{frames}" + suffix, name=f"frames_{label}")
+    def frames_level(
+        request: Request, study: str, series: str, instance: str, frames: str
+    ) -> Response:
+        numbers = frame_numbers(frames)
+        return handle(request, find_instances(request, study, series, instance), numbers)
 
 
-@router.get(INSTANCE + "/frames/{frames}/rendered")
-def frames_rendered(
-    request: Request, study: str, series: str, instance: str, frames: str
-) -> Response:
-    numbers = frame_numbers(frames)
-    return _rendered(request, find_instances(request, study, series, instance), numbers)
-
-
-route_each_level(router, "/thumbnail", "thumbnail", _thumbnail)
-
-
-@router.get(INSTANCE + "/frames/{frames}/thumbnail")
-def frames_thumbnail(
-    request: Request, study: str, series: str, instance: str, frames: str
-) -> Response:
-    numbers = frame_numbers(frames)
-    return _thumbnail(request, find_instances(request, study, series, instance), numbers)
+_route("/rendered", "rendered", _rendered)
+_route("/thumbnail", "thumbnail", _thumbnail)
