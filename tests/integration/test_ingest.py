@@ -20,7 +20,12 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import IngestSummary, ingest
 from pacsfhir.index.schema import instance, series, study
 from tests.conftest import PYDICOM_DATA, sample_paths
-from tests.support.dicom_factory import load_template, write_study, write_variant
+from tests.support.dicom_factory import (
+    load_template,
+    write_new_version,
+    write_study,
+    write_variant,
+)
 
 TEST_FILES = PYDICOM_DATA / "test_files"
 
@@ -134,14 +139,7 @@ def test_same_file_twice_is_already_present(archive: Archive) -> None:
 def test_different_content_under_a_known_uid_replaces_it(archive: Archive, tmp_path: Path) -> None:
     template = load_template()
     original = write_variant(template, tmp_path / "a.dcm", StudyDescription="first")
-    write_variant(
-        template,
-        tmp_path / "b.dcm",
-        study_uid=original.StudyInstanceUID,
-        series_uid=original.SeriesInstanceUID,
-        sop_uid=original.SOPInstanceUID,
-        StudyDescription="second",
-    )
+    write_new_version(template, tmp_path / "b.dcm", original, StudyDescription="second")
     run(archive, tmp_path / "a.dcm")
     summary = run(archive, tmp_path / "b.dcm")
     assert summary.counts["replaced"] == 1
@@ -161,14 +159,7 @@ def test_parallel_ingest_keeps_the_file_that_comes_last(archive: Archive, tmp_pa
     first = write_variant(template, tmp_path / "000.dcm", StudyDescription="first")
     for n in range(1, 100):
         write_variant(template, tmp_path / f"{n:03d}.dcm")
-    write_variant(
-        template,
-        tmp_path / "100.dcm",
-        study_uid=first.StudyInstanceUID,
-        series_uid=first.SeriesInstanceUID,
-        sop_uid=first.SOPInstanceUID,
-        StudyDescription="last",
-    )
+    write_new_version(template, tmp_path / "100.dcm", first, StudyDescription="last")
     summary = ingest([str(tmp_path)], archive.engine, archive.blobs, workers=2, batch_size=16)
     assert (summary.counts["stored"], summary.counts["replaced"]) == (100, 1)
     with archive.engine.connect() as conn:

@@ -41,6 +41,21 @@ def write_variant(
     return ds
 
 
+def write_new_version(
+    template: Dataset, target: Path, original: Dataset, **attributes: Any
+) -> Dataset:
+    """Write another version of ``original``: the same study, series and SOP Instance
+    UIDs, with the given attributes (so different content)."""
+    return write_variant(
+        template,
+        target,
+        study_uid=original.StudyInstanceUID,
+        series_uid=original.SeriesInstanceUID,
+        sop_uid=original.SOPInstanceUID,
+        **attributes,
+    )
+
+
 def write_study(
     template: Dataset,
     folder: Path,
