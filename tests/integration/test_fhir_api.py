@@ -238,6 +238,10 @@ def test_summary_count_total_none_elements_and_includes(sample_client: TestClien
     includes = {e["fullUrl"] for e in included["entry"] if e["search"]["mode"] == "include"}
     wanted = {f"{BASE}/fhir/{m['resource']['subject']['reference']}" for m in matches}
     assert wanted | {f"{BASE}/fhir/Endpoint/dicomweb"} == includes
+    for entry in included["entry"]:  # an included Patient is the Patient a read returns
+        if entry["resource"]["resourceType"] == "Patient":
+            read = sample_client.get(f"/fhir/Patient/{entry['resource']['id']}").json()
+            assert entry["resource"] == read
 
 
 def test_errors_never_leak_tracebacks(sample_client: TestClient) -> None:

@@ -179,11 +179,9 @@ def _search(
         )
         with_instances = search.summary not in ("true", "text")
         rows = queries.load_studies(conn, page.study_pks, with_instances=with_instances)
-        patients = (
-            queries.load_patients(conn, sorted({r.study["patient_pk"] for r in rows}))
-            if "subject" in search.includes
-            else []
-        )
+    # _include=ImagingStudy:subject: each study row already holds its whole patient row
+    subjects = {r.patient["pk"]: r.patient for r in rows} if "subject" in search.includes else {}
+    patients = [subjects[pk] for pk in sorted(subjects)]
     fhir_base = settings.fhir_base_url
     matches = []
     for row in rows:

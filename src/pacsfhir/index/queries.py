@@ -107,13 +107,6 @@ def load_studies(
     ]
 
 
-def load_patients(conn: Connection, patient_pks: Sequence[int]) -> list[dict[str, Any]]:
-    if not patient_pks:
-        return []
-    rows = conn.execute(select(patient).where(patient.c.pk.in_(patient_pks)))
-    return [dict(r._mapping) for r in rows]
-
-
 def patient_by_resource_id(conn: Connection, resource_id: str) -> dict[str, Any] | None:
     row = conn.execute(select(patient).where(patient.c.resource_id == resource_id)).first()
     return dict(row._mapping) if row else None
