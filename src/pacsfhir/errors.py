@@ -34,6 +34,18 @@ class TooCostly(BadRequest):
     issue_code = "too-costly"
 
 
+class Forbidden(PacsFhirError):
+    status = 403
+    issue_code = "forbidden"
+
+
+class PayloadTooLarge(PacsFhirError):
+    """413: a body, a part or a decoded image beyond a configured limit."""
+
+    status = 413
+    issue_code = "too-costly"
+
+
 class NotFound(PacsFhirError):
     status = 404
     issue_code = "not-found"

@@ -66,6 +66,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("default_count", int, 50, "Search page size when _count is not given"),
     Setting("max_count", int, 1000, "Largest _count honoured"),
     Setting(
+        "max_upload_mb",
+        int,
+        16384,
+        "Largest STOW-RS request body in MiB (413 beyond); takes a 2 GB study with room",
+    ),
+    Setting(
+        "max_part_mb",
+        int,
+        4096,
+        "Largest single part (one instance) of a STOW-RS body in MiB (413 beyond)",
+    ),
+    Setting(
+        "max_render_pixels",
+        int,
+        50_000_000,
+        "Largest frame (rows x columns) or viewport rendered as JPEG/PNG; 413 beyond",
+    ),
+    Setting(
         "cors_origins",
         str,
         "",
@@ -90,6 +108,9 @@ class Settings:
     ingest_batch: int = 256
     default_count: int = 50
     max_count: int = 1000
+    max_upload_mb: int = 16384
+    max_part_mb: int = 4096
+    max_render_pixels: int = 50_000_000
     cors_origins: str = ""
 
     @property
