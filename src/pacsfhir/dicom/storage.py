@@ -110,6 +110,13 @@ class BlobStore:
         with open(self.root / (relative + METADATA_SUFFIX), "rb") as source:
             return source.read()
 
+    def size_of(self, relative: str) -> int | None:
+        """The blob's size, or None when it is not there."""
+        try:
+            return os.stat(self.root / relative).st_size
+        except FileNotFoundError:
+            return None
+
     def discard(self, staged_path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged_path)
