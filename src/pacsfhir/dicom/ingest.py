@@ -176,6 +176,7 @@ def remove_unreferenced(engine: Engine, blobs: BlobStore, candidates: Sequence[B
             for blob in candidates:
                 if blob.relative not in referenced:
                     blobs.delete(blob.relative)
+                    blobs.prune_dirs(blob.relative)
     except (SQLAlchemyError, OSError) as exc:
         log.warning("left %d unreferenced blobs for pacsfhir check: %s", len(candidates), exc)
 

@@ -13,7 +13,7 @@ patient would otherwise both insert it, and one would fail on the unique key).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,14 @@ def existing_instances(conn: Connection, sop_uids: Sequence[str]) -> dict[str, E
         for uid, sha, blob in rows:
             found[uid] = ExistingInstance(sha, blob)
     return found
+
+
+def instance_blobs(conn: Connection) -> Iterator[tuple[str, str, int, str]]:
+    """(SOP Instance UID, blob, size, sha256) of every indexed instance, streamed."""
+    rows = conn.execution_options(yield_per=10_000).execute(
+        select(instance.c.SOPInstanceUID, instance.c.blob, instance.c.size, instance.c.sha256)
+    )
+    yield from rows
 
 
 def _pks_by_key(conn: Connection, column: Any, keys: Sequence[str]) -> dict[str, int]:
