@@ -116,6 +116,32 @@ def _identifier_clause(token: Token) -> Clause:
     return or_(uid, accession, study_id)
 
 
+def _identifiers_clause(tokens: list[Token]) -> Clause:
+    """Any of ``tokens`` (``_identifier_clause`` each), with the tokens that have a code
+    grouped by system into three IN lists: a hundred values OR'ed three ways each cost
+    SQLite's planner seconds (quadratic in the terms), the lists a millisecond."""
+    by_system: dict[str | None, set[str]] = {}
+    alternatives: list[Clause] = []
+    for token in dict.fromkeys(tokens):
+        if token.code:
+            by_system.setdefault(token.system, set()).add(token.code)
+        else:
+            alternatives.append(_identifier_clause(token))
+    for system, code_set in by_system.items():
+        values = sorted(code_set)
+        if system in (None, DICOM_UID_SYSTEM):
+            uids = sorted({uid for uid in map(_urn_oid, values) if uid is not None})
+            if uids:
+                alternatives.append(study.c.StudyInstanceUID.in_(uids))
+        accession: Clause = study.c.AccessionNumber.in_(values)
+        if system is not None:
+            accession = and_(study.c.accession_system == system, accession)
+        alternatives.append(and_(study.c.AccessionNumber != "", accession))
+        if system in (None, ""):
+            alternatives.append(and_(study.c.StudyID != "", study.c.StudyID.in_(values)))
+    return or_(*alternatives) if alternatives else false()
+
+
 # "Some series (instance) of the study matches" as ``study.pk IN (subquery)``: SQLite plans
 # this several times faster than a correlated EXISTS for broad searches (measured at
 # 100,000 studies: count 250 -> 55 ms); study_pk is NOT NULL, so NOT IN is safe for :not.
@@ -350,6 +376,10 @@ def criterion_clause(criterion: Criterion, now: int, endpoint_id: str = ENDPOINT
             alternatives.append(date_clause(value, low, high, now))
     elif param in ("encounter", "basedon", "referrer", "interpreter", "performer"):
         pass  # studies made from DICOM carry names, never references, for these
+    elif param == "identifier":
+        alternatives.append(
+            _identifiers_clause([v for v in criterion.values if isinstance(v, Token)])
+        )
     else:
         for value in criterion.values:
             assert isinstance(value, Token)
