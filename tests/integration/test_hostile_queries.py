@@ -123,6 +123,10 @@ def test_a_huge_limit_or_count_is_the_maximum(client: TestClient) -> None:
         "_cursor=" + _b64(b"[[],true]"),
         "_cursor=" + _b64(b"\xff\xfe"),
         "_cursor=%E6%97%A5",
+        "_sort=started&_cursor=" + encode_cursor(Cursor(("abc",), 1)),
+        "_sort=_id&_cursor=" + encode_cursor(Cursor((7,), 1)),
+        "_sort=_lastUpdated&_cursor=" + encode_cursor(Cursor((None,), 1)),
+        "_sort=_id&_cursor=" + encode_cursor(Cursor(("a", "b"), 1)),
     ],
 )
 def test_forged_cursors_are_not_ours(client: TestClient, query: str) -> None:

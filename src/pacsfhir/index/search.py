@@ -399,6 +399,20 @@ def _sort_column(key: SortKey) -> Any:
     return study.c.StudyInstanceUID
 
 
+_SORT_TYPES: dict[str, type] = {"started": int, "_lastUpdated": int, "_id": str}
+
+
+def _cursor_fits(sort: tuple[SortKey, ...], cursor: Cursor) -> bool:
+    """One value per sort key, of the key's type (never NULL: ``_sort_column`` gives
+    none), so that no engine is asked to compare a bigint with a text."""
+    if len(cursor.values) != len(sort):
+        return False
+    return all(
+        isinstance(value, _SORT_TYPES[key.param]) and not isinstance(value, bool)
+        for key, value in zip(sort, cursor.values, strict=True)
+    )
+
+
 def _after(columns: list[tuple[Any, bool]], cursor: Cursor) -> Clause:
     """Rows strictly after the cursor in (sort keys..., pk) order."""
     clause: Clause = study.c.pk > cursor.pk
@@ -443,8 +457,8 @@ def search_page(
     columns = [(_sort_column(k), k.descending) for k in request.sort]
     query = select(study.c.pk, *(c for c, _ in columns)).where(condition)
     if request.cursor is not None:
-        if len(request.cursor.values) != len(columns):
-            raise InvalidSearchParameter("_cursor does not belong to this _sort")
+        if not _cursor_fits(request.sort, request.cursor):
+            raise InvalidSearchParameter("_cursor: not a cursor this server issued for this _sort")
         query = query.where(_after(columns, request.cursor))
     order = [c.desc() if d else c.asc() for c, d in columns] + [study.c.pk.asc()]
     rows = conn.execute(query.order_by(*order).limit(request.count + 1)).all()
