@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,8 +223,9 @@ def test_fuzzy_words_are_capped(client: TestClient) -> None:
         client.get(f"/dicom-web/studies?fuzzymatching=true&PatientName={_words(200)}")
     )
     assert "at most 32 words" in reason
-    found = client.get("/dicom-web/studies?fuzzymatching=true&PatientName=doe%20jane1")
+    found = client.get("/dicom-web/studies?fuzzymatching=true&PatientName=jane1%20doe")
     assert found.status_code == 200, found.text
+    assert [r["00100010"]["Value"][0]["Alphabetic"] for r in found.json()] == ["Doe^Jane1"]
 
 
 def _uids(count: int) -> list[str]:
@@ -324,6 +324,13 @@ def test_unknown_and_non_ascii_parameter_names(client: TestClient, url: str, sta
     assert strict.status_code == 400, strict.text
 
 
-def test_still_serving(client: TestClient, tmp_path: Path) -> None:
+def test_still_serving(client: TestClient) -> None:
     assert client.get("/fhir/metadata").status_code == 200
     assert client.get("/dicom-web/studies").status_code == 200
+
+
+@pytest.mark.parametrize("accept", ["%E6%97%A5", "a%01b", "text/%FF"])
+def test_an_unservable_accept_parameter_is_406(client: TestClient, accept: str) -> None:
+    response = client.get(f"/dicom-web/studies?accept={accept}")
+    assert response.status_code == 406, response.text
+    assert response.headers["warning"].isascii()
