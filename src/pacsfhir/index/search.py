@@ -117,9 +117,9 @@ def _identifier_clause(token: Token) -> Clause:
 
 
 def _identifiers_clause(tokens: list[Token]) -> Clause:
-    """Any of ``tokens`` (``_identifier_clause`` each), with the tokens that have a code
-    grouped by system into three IN lists: a hundred values OR'ed three ways each cost
-    SQLite's planner seconds (quadratic in the terms), the lists a millisecond."""
+    """Any of ``tokens`` (``_identifier_clause`` each), the tokens that have a code
+    grouped by system into IN lists: SQLite's planner spends time quadratic in OR'ed
+    terms, and each token would otherwise be three."""
     by_system: dict[str | None, set[str]] = {}
     alternatives: list[Clause] = []
     for token in dict.fromkeys(tokens):

@@ -116,9 +116,8 @@ INCLUDES = {
 
 MAX_PARAMETERS = 64
 MAX_VALUES = 100  # in one parameter
-# in one search, over all its parameters: each is an SQL term, and SQLite's planner
-# spends time quadratic in the terms of a conjunction of disjunctions (3,800 values of
-# _id, what 16 KB of query holds: 31 s; 200: 50 ms)
+# in one search, over all its parameters: each value is an SQL term, and SQLite's planner
+# spends time quadratic in the terms of a conjunction of disjunctions (docs/conformance.md)
 MAX_SEARCH_VALUES = 200
 MAX_VALUE_LENGTH = 2048
 
