@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from pacsfhir.dicom.frames import PixelDataFile
 from pacsfhir.dicom.render import (
@@ -30,6 +28,7 @@ from pacsfhir.dicom.render import (
     source_region,
 )
 from pacsfhir.errors import PayloadTooLarge
+from tests.support.generated_frames import rle_bomb, write_frame
 
 # -- parsers -------------------------------------------------------------------------------
 
@@ -176,32 +175,10 @@ def test_a_source_region_outside_the_frame_is_refused(
 # -- rendering limits and memory, on generated frames ----------------------------------------
 
 
-def write_frame(path: Path, pixels: np.ndarray, *, rle: bool = False) -> Path:
-    """A MONOCHROME2 Secondary Capture image of these pixels (uint8 or uint16)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.Modality = "render-limits", "OT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = pixels.tobytes()
-    if rle:
-        ds.compress(RLELossless)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_an_rle_bomb_over_the_limit_is_refused_before_decoding(tmp_path: Path) -> None:
     """Issue 12 item 5: a small RLE file declaring 6000 x 6000 (36 MB of samples)."""
-    pixels = np.zeros((6000, 6000), dtype=np.uint8)
-    pixels[::97, ::89] = 200
-    path = write_frame(tmp_path / "bomb.dcm", pixels, rle=True)
-    del pixels
+    path = tmp_path / "bomb.dcm"
+    rle_bomb(path)
     assert path.stat().st_size < 2_000_000
     options = RenderOptions(max_pixels=10_000_000)
     tracemalloc.start()
@@ -222,9 +199,8 @@ def test_an_rle_bomb_over_the_limit_is_refused_before_decoding(tmp_path: Path) -
 
 
 def test_the_limit_counts_the_image_the_viewport_draws(tmp_path: Path) -> None:
-    path = write_frame(
-        tmp_path / "small.dcm", np.arange(100 * 50, dtype=np.uint16).reshape(100, 50)
-    )
+    path = tmp_path / "small.dcm"
+    write_frame(path, np.arange(100 * 50, dtype=np.uint16).reshape(100, 50))
     with PixelDataFile(path) as source:
         for viewport, allowed in [
             (Viewport(1000, 1000), True),  # draws 500 x 1000
@@ -245,7 +221,8 @@ def test_a_large_frame_renders_without_float_copies_of_the_whole(tmp_path: Path)
     over bands of rows into an 8-bit image: Python-side peak memory was 5x the frame's
     bytes (2x with a thumbnail viewport), now under 2x (1.5x)."""
     pixels = (np.arange(3000 * 3000, dtype=np.uint32) % 4096).astype(np.uint16)
-    path = write_frame(tmp_path / "large.dcm", pixels.reshape(3000, 3000))
+    path = tmp_path / "large.dcm"
+    write_frame(path, pixels.reshape(3000, 3000))
     del pixels
     frame_bytes = 3000 * 3000 * 2
     for viewport, size, bound in (
