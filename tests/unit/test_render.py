@@ -5,14 +5,18 @@ frames generated with pydicom."""
 from __future__ import annotations
 
 import io
+import threading
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pacsfhir.dicom import render as render_module
 from pacsfhir.dicom.frames import PixelDataFile
 from pacsfhir.dicom.render import (
     Region,
@@ -238,3 +242,38 @@ def test_a_large_frame_renders_without_float_copies_of_the_whole(tmp_path: Path)
             tracemalloc.stop()
         assert Image.open(io.BytesIO(data)).size == size
         assert peak < bound * frame_bytes, (viewport, peak / frame_bytes)
+
+
+def test_no_more_than_render_slots_frames_decode_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent render bombs would each hold a frame's worth of memory: they queue."""
+    path = tmp_path / "frame.dcm"
+    write_frame(path, np.arange(512 * 512, dtype=np.uint16).reshape(512, 512))
+    decoding = 0
+    most = 0
+    lock = threading.Lock()
+    real = render_module.decode_frame
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decoding, most
+        with lock:
+            decoding += 1
+            most = max(most, decoding)
+        try:
+            time.sleep(0.05)  # long enough for every thread to be waiting
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                decoding -= 1
+
+    monkeypatch.setattr(render_module, "decode_frame", counted)
+
+    def one() -> bytes:
+        with PixelDataFile(path) as source:
+            return render(source, 0, RenderOptions(viewport=Viewport(64, 64)))
+
+    with ThreadPoolExecutor(8) as pool:
+        images = list(pool.map(lambda _: one(), range(16)))
+    assert len(images) == 16
+    assert most == render_module.RENDER_SLOTS

@@ -10,7 +10,9 @@ columns x samples per pixel, from the header and, for JPEG-family frames, from t
 codestream's own header) and the image the viewport asks for are checked before anything
 is decoded or scaled, and over the limit is ``PayloadTooLarge`` (413). Past the decoder,
 the frame is cropped and thinned to what the viewport shows, and the LUTs run over bands
-of rows into one 8-bit image, so no float copy of the whole frame is ever made.
+of rows into one 8-bit image, so no float copy of the whole frame is ever made. At most
+``RENDER_SLOTS`` frames are decoded at once (the callers are worker threads, which wait),
+so concurrent requests cannot multiply the memory a frame may take past that.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +49,8 @@ MAX_REGION = 65536  # Rows and Columns are US: a source region lies within +-2^1
 _PIXEL_KEYWORDS = {0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 LIMIT_SETTING = "PACSFHIR_MAX_RENDER_PIXELS"
 BAND_SAMPLES = 1 << 18  # the LUTs run over bands of rows of about this many samples
+RENDER_SLOTS = 2  # frames decoded at once in this process; other renders wait their turn
+_SLOTS = threading.BoundedSemaphore(RENDER_SLOTS)
 
 
 class RenderError(Exception):
@@ -497,13 +502,13 @@ def render(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
     """Frame ``index`` (0-based) of an open instance, rendered, once ``layout`` finds it
     within the limits."""
     region, size = layout(source, index, options)
-    with warnings.catch_warnings():  # pydicom warns about odd but decodable data
+    with _SLOTS, warnings.catch_warnings():  # pydicom warns about odd but decodable data
         warnings.simplefilter("ignore")
         array, interpretation = decode_frame(source, index, options.max_pixels)
         view = source_view(array, region, size)
         attributes = frame_attributes(source.header, index)
         image = to_image(array, view, attributes, interpretation, options)
-    del array, view
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return encode(image, options)
+        del array, view
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        return encode(image, options)
