@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import tracemalloc
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.encaps import encapsulate
 
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
@@ -48,7 +50,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def stored(path: Path) -> Stored:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    with warnings.catch_warnings():  # hostile files on purpose
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     return Stored(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
 
@@ -200,3 +204,32 @@ def test_hostile_rendering_parameters_are_400(
         response = client.get(ct.url + tail, params=params)
         assert response.status_code == 400, (tail, params, response.status_code)
         assert response.headers["Warning"].isascii()
+
+
+def test_a_stored_frame_that_cannot_be_decoded_is_406_not_500(
+    tmp_path: Path, client_with: object
+) -> None:
+    """What cannot be rendered has no rendered representation to offer (PS3.18 8.7.4)."""
+    ct = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    jpeg = pydicom.dcmread(pydicom.data.get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bad_vr = pydicom.dcmread(pydicom.data.get_testdata_file("badVR.dcm"))
+    garbage = encapsulate([b"\xff\xd8\xff\xc0" + bytes(64) + b"\xff\xd9"])
+    paths = {
+        "a palette without its tables": (ct, {"PhotometricInterpretation": "PALETTE COLOR"}),
+        "12 bits allocated": (ct, {"BitsAllocated": 12}),
+        "a frame count that is no number ('1A')": (bad_vr, {}),
+        "a JPEG frame that is no JPEG": (jpeg, {"PixelData": garbage}),
+    }
+    written = {}
+    for name, (template, attributes) in paths.items():
+        written[name] = tmp_path / f"{len(written)}.dcm"
+        write_variant(template, written[name], **attributes)
+    client = client_with(list(written.values()))  # type: ignore[operator]
+    for name, path in written.items():
+        url = stored(path).url
+        for tail in ("/rendered", "/thumbnail", "/frames/1/rendered"):
+            response = client.get(url + tail)
+            assert response.status_code == 406, (name, tail, response.status_code)
+            assert "cannot render" in response.text, (name, tail)

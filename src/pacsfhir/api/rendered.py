@@ -40,7 +40,7 @@ from pacsfhir.dicom.render import (
     parse_window,
     render,
 )
-from pacsfhir.errors import BadRequest, NotAcceptable, PacsFhirError
+from pacsfhir.errors import BadRequest, NotAcceptable
 from pacsfhir.index.dicomweb import StoredInstance
 
 router = APIRouter()
@@ -86,7 +86,13 @@ def _render_one(source: PixelDataFile, index: int, options: RenderOptions) -> by
     except ViewportError as exc:
         raise BadRequest(str(exc)) from exc
     except (RenderError, Missing) as exc:
-        raise PacsFhirError(f"cannot render this frame: {exc}") from exc
+        raise _cannot_render(exc) from exc
+
+
+def _cannot_render(exc: Exception) -> NotAcceptable:
+    """A stored frame that cannot be decoded or rendered has no rendered representation
+    to offer (PS3.18 8.7.4: 406), whatever the Accept."""
+    return NotAcceptable(f"cannot render this frame: {exc}")
 
 
 def _check_sizes(
@@ -106,7 +112,7 @@ def _check_sizes(
             except ViewportError as exc:
                 raise BadRequest(str(exc)) from exc
             except Missing as exc:
-                raise PacsFhirError(f"cannot render this frame: {exc}") from exc
+                raise _cannot_render(exc) from exc
 
 
 def _image_sources(request: Request, instances: list[StoredInstance]) -> Iterator[PixelDataFile]:
@@ -131,7 +137,10 @@ def _representative(
         by_series.setdefault(stored.series_uid, []).append(stored)
     for members in by_series.values():
         for source in _image_sources(request, members):
-            count = source.frame_count()
+            try:
+                count = source.frame_count()
+            except Missing:  # unreadable frames: another instance represents them
+                count = 0
             if count:
                 return source, count // 2 if middle_frame else 0
             source.close()

@@ -11,6 +11,7 @@ Deflated files (rare, small) are the exception: they are inflated in memory.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 import warnings
@@ -71,6 +72,17 @@ _COMPRESSED_MEDIA: dict[str, str] = {
     "1.2.840.10008.1.2.4.107": "video/mp4",
     "1.2.840.10008.1.2.4.108": "video/mp4",
 }
+
+
+# Attributes read to find and size frames, converted (with their warnings) on opening.
+_FRAME_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+)
 
 
 class Missing(Exception):
@@ -169,6 +181,9 @@ class PixelDataFile:
                 self.header = pydicom.dcmread(
                     self._fp, stop_before_pixels=True, force=True, defer_size="1 MB"
                 )
+                for keyword in _FRAME_KEYWORDS:  # converted once, quietly, odd or not
+                    with contextlib.suppress(ValueError, TypeError):
+                        self.header.get(keyword)
             self.transfer_syntax = str(
                 self.header.file_meta.get("TransferSyntaxUID", IMPLICIT_VR_LITTLE_ENDIAN)
             )
@@ -327,8 +342,14 @@ class PixelDataFile:
         return self._fp.read(min(10, span.length))
 
     def _frame_spans(self) -> list[list[Span]]:
-        if self._frames is not None:
-            return self._frames
+        if self._frames is None:
+            try:
+                self._frames = self._find_frames()
+            except (ValueError, struct.error, OverflowError) as exc:  # pydicom's parsers
+                raise Missing(f"the encapsulated Pixel Data cannot be read: {exc}") from exc
+        return self._frames
+
+    def _find_frames(self) -> list[list[Span]]:
         self._fp.seek(self.offset)
         basic = parse_basic_offsets(self._fp)
         fragments = self.fragments()
@@ -360,7 +381,6 @@ class PixelDataFile:
                     current = []
             if current:
                 frames.append(current)
-        self._frames = frames
         return frames
 
     def frame_count(self) -> int:

@@ -54,7 +54,11 @@ _SLOTS = threading.BoundedSemaphore(RENDER_SLOTS)
 
 
 class RenderError(Exception):
-    """The frame cannot be rendered (no pixel data, no decoder for its transfer syntax)."""
+    """The frame cannot be rendered (no pixel data, no decoder for its transfer syntax,
+    data or attributes the decoder or the LUTs cannot take)."""
+
+
+_BAD_DATA = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError)
 
 
 class ViewportError(ValueError):
@@ -490,6 +494,8 @@ def layout(
     the image drawn is past ``options.max_pixels``, ViewportError when the viewport's
     source region misses the frame."""
     rows, columns, samples = source.frame_shape()
+    if min(rows, columns, samples) < 1:
+        raise RenderError(f"the header gives no frame size ({rows} x {columns} x {samples})")
     check_frame_size(rows, columns, samples, options.max_pixels, f"frame {index + 1}")
     region = source_region(columns, rows, options.viewport)
     size = output_size(region, options.viewport)
@@ -504,10 +510,13 @@ def render(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
     region, size = layout(source, index, options)
     with _SLOTS, warnings.catch_warnings():  # pydicom warns about odd but decodable data
         warnings.simplefilter("ignore")
-        array, interpretation = decode_frame(source, index, options.max_pixels)
-        view = source_view(array, region, size)
-        attributes = frame_attributes(source.header, index)
-        image = to_image(array, view, attributes, interpretation, options)
+        try:
+            array, interpretation = decode_frame(source, index, options.max_pixels)
+            view = source_view(array, region, size)
+            attributes = frame_attributes(source.header, index)
+            image = to_image(array, view, attributes, interpretation, options)
+        except _BAD_DATA as exc:  # what pydicom and numpy raise on odd attributes
+            raise RenderError(f"cannot render the frame: {exc}") from exc
         del array, view
         if image.size != size:
             image = image.resize(size, Image.Resampling.LANCZOS)
