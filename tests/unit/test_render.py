@@ -244,22 +244,24 @@ def test_a_large_frame_renders_without_float_copies_of_the_whole(tmp_path: Path)
         assert peak < bound * frame_bytes, (viewport, peak / frame_bytes)
 
 
-def test_no_more_than_render_slots_frames_decode_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("limit", "most"), [(512 * 512, 1), (4 * 512 * 512, 4)])
+def test_frames_decoding_at_once_hold_at_most_the_limit_between_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, most: int
 ) -> None:
-    """Concurrent render bombs would each hold a frame's worth of memory: they queue."""
+    """Concurrent render bombs would each hold a frame's worth of memory: past the limit
+    between them, they queue; small frames still render side by side."""
     path = tmp_path / "frame.dcm"
     write_frame(path, np.arange(512 * 512, dtype=np.uint16).reshape(512, 512))
     decoding = 0
-    most = 0
+    seen = 0
     lock = threading.Lock()
     real = render_module.decode_frame
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal decoding, most
+        nonlocal decoding, seen
         with lock:
             decoding += 1
-            most = max(most, decoding)
+            seen = max(seen, decoding)
         try:
             time.sleep(0.05)  # long enough for every thread to be waiting
             return real(*args, **kwargs)
@@ -269,11 +271,12 @@ def test_no_more_than_render_slots_frames_decode_at_once(
 
     monkeypatch.setattr(render_module, "decode_frame", counted)
 
-    def one() -> bytes:
+    def one(_: int) -> bytes:
         with PixelDataFile(path) as source:
-            return render(source, 0, RenderOptions(viewport=Viewport(64, 64)))
+            return render(source, 0, RenderOptions(viewport=Viewport(64, 64), max_pixels=limit))
 
     with ThreadPoolExecutor(8) as pool:
-        images = list(pool.map(lambda _: one(), range(16)))
+        images = list(pool.map(one, range(16)))
     assert len(images) == 16
-    assert most == render_module.RENDER_SLOTS
+    assert seen == most
+    assert render_module.RENDERING.held == 0

@@ -10,9 +10,9 @@ columns x samples per pixel, from the header and, for JPEG-family frames, from t
 codestream's own header) and the image the viewport asks for are checked before anything
 is decoded or scaled, and over the limit is ``PayloadTooLarge`` (413). Past the decoder,
 the frame is cropped and thinned to what the viewport shows, and the LUTs run over bands
-of rows into one 8-bit image, so no float copy of the whole frame is ever made. At most
-``RENDER_SLOTS`` frames are decoded at once (the callers are worker threads, which wait),
-so concurrent requests cannot multiply the memory a frame may take past that.
+of rows into one 8-bit image, so no float copy of the whole frame is ever made. The frames
+decoded at once in this process hold at most ``max_pixels`` samples between them
+(``dicom.budget``), so concurrent requests cannot multiply that memory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import as_pixel_options
 
+from pacsfhir.dicom.budget import SampleBudget
 from pacsfhir.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, PixelDataFile, media_type_of
 from pacsfhir.errors import PayloadTooLarge
 
@@ -49,8 +49,7 @@ MAX_REGION = 65536  # Rows and Columns are US: a source region lies within +-2^1
 _PIXEL_KEYWORDS = {0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 LIMIT_SETTING = "PACSFHIR_MAX_RENDER_PIXELS"
 BAND_SAMPLES = 1 << 18  # the LUTs run over bands of rows of about this many samples
-RENDER_SLOTS = 2  # frames decoded at once in this process; other renders wait their turn
-_SLOTS = threading.BoundedSemaphore(RENDER_SLOTS)
+RENDERING = SampleBudget()  # what the frames being decoded in this process hold
 
 
 class RenderError(Exception):
@@ -508,7 +507,9 @@ def render(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
     """Frame ``index`` (0-based) of an open instance, rendered, once ``layout`` finds it
     within the limits."""
     region, size = layout(source, index, options)
-    with _SLOTS, warnings.catch_warnings():  # pydicom warns about odd but decodable data
+    rows, columns, samples = source.frame_shape()
+    held = RENDERING.hold(rows * columns * samples, options.max_pixels)
+    with held, warnings.catch_warnings():  # pydicom warns about odd but decodable data
         warnings.simplefilter("ignore")
         try:
             array, interpretation = decode_frame(source, index, options.max_pixels)
