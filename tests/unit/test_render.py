@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -32,6 +33,7 @@ from pacsfhir.dicom.render import (
     source_region,
 )
 from pacsfhir.errors import PayloadTooLarge
+from tests.support.dicom_factory import write_variant
 from tests.support.generated_frames import rle_bomb, write_frame
 
 # -- parsers -------------------------------------------------------------------------------
@@ -280,3 +282,23 @@ def test_frames_decoding_at_once_hold_at_most_the_limit_between_them(
     assert len(images) == 16
     assert seen == most
     assert render_module.RENDERING.held == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("SC_rgb_jpeg_dcmtk.dcm", "100 x 100 x 3"),  # JPEG baseline
+        ("JPEG-LL.dcm", "1024 x 256 x 1"),  # JPEG lossless
+        ("MR_small_jp2klossless.dcm", "64 x 64 x 1"),  # JPEG 2000
+    ],
+)
+def test_a_codestream_larger_than_its_header_says_is_refused_before_decoding(
+    tmp_path: Path, name: str, shape: str
+) -> None:
+    """The decoder allocates what the codestream declares, whatever Rows and Columns say."""
+    template = pydicom.dcmread(pydicom.data.get_testdata_file(name))
+    path = tmp_path / name
+    write_variant(template, path, Rows=2, Columns=2)
+    with PixelDataFile(path) as source, pytest.raises(PayloadTooLarge) as raised:
+        render(source, 0, RenderOptions(max_pixels=1000))
+    assert f"frame 1's codestream is {shape} = " in raised.value.message
