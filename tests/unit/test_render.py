@@ -8,6 +8,7 @@ import io
 import threading
 import time
 import tracemalloc
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.pixels import pixel_array
 
 from pacsfhir.dicom import render as render_module
-from pacsfhir.dicom.frames import PixelDataFile
+from pacsfhir.dicom.frames import PixelDataFile, is_video
+from pacsfhir.dicom.prepare import walk
 from pacsfhir.dicom.render import (
     Region,
     RenderOptions,
@@ -33,6 +36,7 @@ from pacsfhir.dicom.render import (
     source_region,
 )
 from pacsfhir.errors import PayloadTooLarge
+from tests.conftest import sample_paths
 from tests.support.dicom_factory import write_variant
 from tests.support.generated_frames import rle_bomb, write_frame
 
@@ -302,3 +306,39 @@ def test_a_codestream_larger_than_its_header_says_is_refused_before_decoding(
     with PixelDataFile(path) as source, pytest.raises(PayloadTooLarge) as raised:
         render(source, 0, RenderOptions(max_pixels=1000))
     assert f"frame 1's codestream is {shape} = " in raised.value.message
+
+
+def _samples_with_pixels() -> list[Path]:
+    found = []
+    for name in walk(sample_paths()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with PixelDataFile(name) as source:
+                    if source.has_pixel_data:
+                        found.append(Path(name))
+            except Exception:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("path", _samples_with_pixels(), ids=lambda p: p.name)
+def test_frames_decode_as_pydicom_decodes_them(path: Path) -> None:
+    """``decode_frame`` reads one frame (native: decoded as a view of the bytes read;
+    compressed: re-encapsulated alone): its values are pydicom's own ``pixel_array``'s
+    for that frame, read from the whole file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected = pixel_array(str(path), index=0)
+        except Exception:
+            pytest.skip("pydicom cannot decode it")
+        with PixelDataFile(path) as source:
+            if is_video(source.transfer_syntax):
+                pytest.skip("video")
+            array, _ = render_module.decode_frame(source, 0)
+    assert (array.dtype.kind, array.dtype.itemsize) == (
+        expected.dtype.kind,
+        expected.dtype.itemsize,
+    )
+    assert np.array_equal(array, expected)  # big endian files come out little endian
