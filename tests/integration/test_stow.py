@@ -389,3 +389,26 @@ def test_a_non_ascii_part_type_is_415(client: TestClient, part_type: bytes) -> N
         "/dicom-web/studies", content=b"--b--\r\n", headers={"Content-Type": content_type}
     )
     assert response.status_code == 415
+
+
+def test_a_client_that_goes_away_mid_body_leaves_nothing_staged(archive: Archive) -> None:
+    content_type, body = multipart(
+        [("application/dicom", CT_SMALL.read_bytes()), ("application/dicom", bytes(4 * MIB))]
+    )
+    with LiveServer(archive) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            head = (
+                "POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+            deadline = time.monotonic() + 10
+            while not staged_files(archive) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the server is writing the second part
+            assert staged_files(archive)
+        deadline = time.monotonic() + 10
+        while staged_files(archive) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{server.base_url}/fhir/metadata").status_code == 200
+    assert staged_files(archive) == []
+    assert instance_count(archive) == 0
