@@ -35,6 +35,8 @@ def ct_file_meta() -> bytes:
     return data[: 132 + 12 + meta_length]
 
 
+COMMAND_GROUP_LENGTH = struct.pack("<HHII", 0x0000, 0x0000, 4, 0)  # implicit VR, UL 0
+
 # name -> (file content, None when plausibly DICOM or a fragment of the reason)
 CASES: dict[str, tuple[bytes, str | None]] = {
     "Part 10, explicit VR little endian": (sample("CT_small.dcm"), None),
@@ -54,6 +56,22 @@ CASES: dict[str, tuple[bytes, str | None]] = {
     "DICOM JSON": (sample("test1.json"), "not in group"),
     "preamble and DICM, then zeros": (bytes(128) + b"DICM" + bytes(MB), "group length"),
     "file meta intact, then zeros": (ct_file_meta() + bytes(MB), "group length (0000,0000)"),
+    "file meta intact, a command group length, then zeros": (
+        ct_file_meta() + COMMAND_GROUP_LENGTH + bytes(MB),
+        "group length (0000,0000) of 0 bytes",
+    ),
+    "command elements out of order": (
+        COMMAND_GROUP_LENGTH * 2 + bytes(MB),
+        "element (0000,0000) after (0000,0000): tags out of order",
+    ),
+    "file meta elements out of order": (
+        ct_file_meta()[:144] + ct_file_meta()[132:144] + bytes(MB),
+        "element (0002,0000) after (0002,0000): tags out of order",
+    ),
+    "a command group, then the data set": (
+        COMMAND_GROUP_LENGTH + sample("rtstruct.dcm"),
+        None,
+    ),
     "file meta cut inside an element": (
         ct_file_meta()[:170],
         "file meta element (0002,0002) of 26 bytes runs past",

@@ -15,10 +15,13 @@ element of the data set must then make sense:
 - its value fits in the file, or has undefined length where PS3.5 allows one (SQ, UN, OB,
   OW; any element in implicit VR, where the VR is not on the wire).
 
-After ``DICM`` the file meta elements are walked the same way, up to the data set, whose
-first element is checked too (unless the data set is deflated): so ``DICM`` followed by
-garbage is refused as well. Element headers are decoded here with ``struct`` because
-pydicom has no public call that reads one element header without going on to parse.
+pydicom reads the file meta (0002) and command (0000) groups at the start of a file
+before the data set proper, each for as long as the group goes on, with nothing to stop
+it: zeros are an endless command group. So the elements of those groups are walked here,
+each checked the same way and each group in ascending tag order (PS3.5 7.1), up to the
+data set, whose first element is checked too (unless it is deflated). What comes after
+that first element is pydicom's to read. Element headers are decoded with ``struct``:
+pydicom has no public call that reads one element header without parsing on.
 """
 
 from __future__ import annotations
@@ -89,21 +92,33 @@ def _problem(header: ElementHeader, at: int, size: int) -> str | None:
     return None
 
 
-def _after_file_meta(head: bytes, size: int) -> str | None:
-    at = PREAMBLE + len(MAGIC)
+def _leading_groups(head: bytes, at: int, size: int) -> str | None:
+    """Walk the file meta (0002) and command (0000) elements from ``at``, each group in
+    ascending tag order, and check the first element after them."""
+    previous: ElementHeader | None = None
     transfer_syntax = ""
-    while (header := element_header(head, at)) is not None and header.group == 0x0002:
+    while (header := element_header(head, at)) is not None:
+        if previous is not None and previous.group == 0x0002 and header.group != 0x0002:
+            if transfer_syntax in DEFLATED:
+                return None  # the data set is a deflate stream
+            previous = None  # the data set starts: its tags start afresh
         problem = _problem(header, at, size)
         if problem is not None:
-            return f"file meta {problem}"
+            return f"file meta {problem}" if header.group == 0x0002 else problem
+        if previous is not None and (header.group, header.element) <= (
+            previous.group,
+            previous.element,
+        ):
+            return f"element {header.tag} after {previous.tag}: tags out of order"
+        if header.group not in (0x0000, 0x0002) or header.length == UNDEFINED_LENGTH:
+            return None  # the data set's first element, which is fine
         value_at = at + header.size
-        if header.element == TRANSFER_SYNTAX_ELEMENT:
+        if header.group == 0x0002 and header.element == TRANSFER_SYNTAX_ELEMENT:
             raw = head[value_at : value_at + header.length]
             transfer_syntax = raw.rstrip(b"\0 ").decode("latin-1")
         at = value_at + header.length
-    if header is None or transfer_syntax in DEFLATED:
-        return None  # the head ends first (pydicom reads on, at little cost), or deflated
-    return _problem(header, at, size)
+        previous = header
+    return None  # the head or the file ends first: pydicom reads on, at little cost
 
 
 def not_dicom(head: bytes, size: int) -> str | None:
@@ -112,9 +127,8 @@ def not_dicom(head: bytes, size: int) -> str | None:
     if size == 0:
         return "empty file"
     if head[PREAMBLE : PREAMBLE + len(MAGIC)] == MAGIC:
-        return _after_file_meta(head, size)
-    header = element_header(head, 0)
-    if header is None:
+        return _leading_groups(head, PREAMBLE + len(MAGIC), size)
+    if len(head) < 8:
         return f"no DICOM preamble and only {size} bytes"
-    problem = _problem(header, 0, size)
+    problem = _leading_groups(head, 0, size)
     return None if problem is None else f"no DICOM preamble and {problem}"
