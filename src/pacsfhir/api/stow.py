@@ -190,7 +190,7 @@ async def _stow(request: Request, study_uid: str | None) -> Response:
     scope, base = scope_of(request), base_url_of(request)
     try:
         status, body = await run_in_threadpool(_answer, archive, parts, study_uid, scope, base)
-    except BaseException:  # cancelled before the worker took the parts
+    except BaseException:  # an error, or cancelled: nothing stays staged
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(_discard, archive, parts)
         raise
