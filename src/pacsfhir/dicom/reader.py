@@ -20,6 +20,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.dicom.value_caps import MAX_ITEMS, MAX_VALUES, cut
@@ -331,10 +333,32 @@ def read_instance(fp: BinaryIO, size: int, every_element: bool = False) -> Insta
     return dataclasses.replace(attributes, warnings=notes)
 
 
+@dataclass
+class _HeaderEnd:
+    """``read_partial``'s ``stop_when``: stop at Pixel Data, or where a top-level tag goes
+    backwards. PS3.5 7.1 orders a data set's elements by tag, so a tag lower than the one
+    before means what follows is not a data set (a valid start followed by megabytes of
+    zeros would otherwise be read as 8-byte elements, about 0.1 s of CPU a MB)."""
+
+    last: int = -1
+    backwards: tuple[int, int] | None = None  # (the tag before, the lower tag)
+
+    def __call__(self, tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        if tag == 0x7FE00010:
+            return True
+        if tag < self.last:
+            self.backwards = (self.last, int(tag))
+            return True
+        self.last = int(tag)
+        return False
+
+
 def _read(fp: BinaryIO, size: int, tags: list[int] | None) -> InstanceAttributes:
     """``tags``: the top-level elements to read (None: all)."""
+    end = _HeaderEnd()
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, specific_tags=tags)
+        specific = [Tag(t) for t in tags] if tags is not None else None
+        ds = read_partial(fp, end, force=True, specific_tags=specific)  # type: ignore[arg-type]
     except InvalidDicomError as exc:
         raise RejectedInstance("not-dicom", str(exc)) from exc
     except (EOFError, struct.error) as exc:
@@ -343,6 +367,13 @@ def _read(fp: BinaryIO, size: int, tags: list[int] | None) -> InstanceAttributes
         raise RejectedInstance("not-dicom", f"{type(exc).__name__}: {exc}") from exc
     if len(ds) == 0 and ds.preamble is None and not ds.file_meta:
         raise RejectedInstance("not-dicom", "no DICOM data elements found")
+    if end.backwards is not None:
+        before, after = end.backwards
+        raise RejectedInstance(
+            "malformed",
+            f"data elements out of order at byte {fp.tell()}: ({after >> 16:04X},"
+            f"{after & 0xFFFF:04X}) after ({before >> 16:04X},{before & 0xFFFF:04X})",
+        )
     if _ends_inside_an_element(fp, ds, size):
         if ds.preamble is None and not ds.file_meta:
             raise RejectedInstance("not-dicom", "no DICOM preamble and no whole element")
