@@ -23,8 +23,11 @@ from pacsfhir.api.app import create_app
 from pacsfhir.api.devmode import is_loopback
 from pacsfhir.archive import Archive
 from pacsfhir.errors import ConfigurationError
+from pacsfhir.index import writer
 from pacsfhir.settings import Settings
 from tests.conftest import LiveServer, free_port
+from tests.integration.test_stow import multipart
+from tests.support.dicom_factory import load_template, write_variant
 
 # ---- development mode: the fence lives in create_app, whatever server runs it ----
 
@@ -295,3 +298,35 @@ def test_only_known_route_handlers_are_coroutines() -> None:
             if endpoint is not None and inspect.iscoroutinefunction(endpoint):
                 seen.add(endpoint)
     assert seen <= allowed, seen - allowed
+
+
+# ---- a writer that cannot get the index's write lock: 503 + Retry-After, nothing kept ----
+
+
+def test_stow_waiting_past_the_write_lock_is_503_with_retry_after(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer (an ingest, a STOW in another process) holds the write lock longer
+    than a STOW will wait: the answer is 503 with Retry-After, not a 500, nothing stays
+    staged or placed, and the same request succeeds once the lock is free."""
+    monkeypatch.setattr(writer, "WRITE_LOCK_WAIT_MS", 300)
+    path = tmp_path / "one.dcm"
+    write_variant(load_template(), path)
+    content_type, body = multipart([("application/dicom", path.read_bytes())])
+    with TestClient(create_app(archive.settings, archive)) as client:
+        with archive.engine.connect() as holder:
+            holder.begin()
+            writer.lock_index(holder)
+            busy = client.post(
+                "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+            )
+            holder.rollback()
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["retry-after"].isdigit()
+        assert "busy" in busy.headers["warning"]
+        assert list(archive.blobs.incoming.iterdir()) == []
+        assert [p for p in archive.blobs.root.rglob("*.dcm")] == []
+        again = client.post(
+            "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+        )
+    assert again.status_code == 200, again.text
