@@ -22,6 +22,7 @@ from pacsfhir.api import dicomweb, fhir, stow
 from pacsfhir.api.app import create_app
 from pacsfhir.api.devmode import is_loopback
 from pacsfhir.archive import Archive
+from pacsfhir.dicom.ingest import ingest
 from pacsfhir.errors import ConfigurationError
 from pacsfhir.index import writer
 from pacsfhir.settings import Settings
@@ -330,3 +331,50 @@ def test_stow_waiting_past_the_write_lock_is_503_with_retry_after(
             "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
         )
     assert again.status_code == 200, again.text
+
+
+# ---- NUL: no id, UID or value holds one, and PostgreSQL text cannot ----
+
+NUL_REQUESTS = [
+    ("GET", "/fhir/ImagingStudy?patient.name=%00"),
+    ("GET", "/fhir/ImagingStudy?identifier=a%00b"),
+    ("GET", "/fhir/ImagingStudy?_id=a%00b"),
+    ("GET", "/fhir/ImagingStudy/1%002"),
+    ("GET", "/fhir/Patient/%00"),
+    ("GET", "/fhir/Patient/%00/ImagingStudy"),
+    ("GET", "/dicom-web/studies?PatientName=a%00"),
+    ("GET", "/dicom-web/studies/1.2%00/metadata"),
+    ("GET", "/fhir/Patient/a%00/$wado-rs/studies"),
+    ("POST", "/fhir/ImagingStudy/_search?modality=%00"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), NUL_REQUESTS)
+def test_nul_in_path_or_query_is_400(archive: Archive, method: str, path: str) -> None:
+    """On PostgreSQL these reached a query and failed there (DataError, 500)."""
+    with TestClient(create_app(archive.settings, archive)) as client:
+        response = client.request(method, path)
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.text
+
+
+def test_nul_in_a_post_search_body_is_400(archive: Archive) -> None:
+    with TestClient(create_app(archive.settings, archive)) as client:
+        response = client.post("/fhir/ImagingStudy/_search", data={"patient.name": "a\0b"})
+    assert response.status_code == 400, response.text
+
+
+def test_nul_inside_a_dicom_value_is_indexed_as_a_replacement_character(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A NUL inside a text value failed the whole batch on PostgreSQL (every file of it
+    lost); the index now shows it as U+FFFD and keeps the file byte for byte."""
+    folder = tmp_path / "in"
+    write_variant(load_template(), folder / "nul.dcm", StudyDescription="head\0neck")
+    write_variant(load_template(), folder / "plain.dcm")
+    summary = ingest([str(folder)], archive.engine, archive.blobs, workers=1)
+    assert summary.counts["stored"] == 2, summary.examples
+    with TestClient(create_app(archive.settings, archive)) as client:
+        bundle = client.get("/fhir/ImagingStudy").json()
+    descriptions = sorted(e["resource"].get("description", "") for e in bundle["entry"])
+    assert "head\ufffdneck" in descriptions

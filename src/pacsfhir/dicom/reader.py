@@ -103,8 +103,10 @@ class InstanceAttributes:
 
 
 def _kept(keyword: str, value: object) -> str:
-    """One value as the index keeps it: cut to its VR's length (see ``value_caps``)."""
-    return cut(keyword, str(value))
+    """One value as the index keeps it: without the NUL padding PS3.5 allows at the end
+    (of a UID), any other NUL shown as U+FFFD (no text VR allows one, and PostgreSQL text
+    cannot hold it: it failed a whole batch), cut to its VR's length (``value_caps``)."""
+    return cut(keyword, str(value).rstrip("\0").replace("\0", "\ufffd"))
 
 
 def _value(ds: Dataset, keyword: str) -> Any:
