@@ -378,3 +378,14 @@ def test_nul_inside_a_dicom_value_is_indexed_as_a_replacement_character(
         bundle = client.get("/fhir/ImagingStudy").json()
     descriptions = sorted(e["resource"].get("description", "") for e in bundle["entry"])
     assert "head\ufffdneck" in descriptions
+
+
+def test_a_frame_count_no_column_holds_is_rejected_alone(archive: Archive, tmp_path: Path) -> None:
+    """NumberOfFrames 99999999999 (a valid IS) overflowed PostgreSQL's integer and failed
+    the whole batch; it is now that file's rejection, and the others are stored."""
+    folder = tmp_path / "in"
+    write_variant(load_template(), folder / "huge.dcm", NumberOfFrames="99999999999")
+    write_variant(load_template(), folder / "plain.dcm")
+    summary = ingest([str(folder)], archive.engine, archive.blobs, workers=1)
+    assert summary.counts["stored"] == 1, summary.examples
+    assert summary.rejected == {"malformed": 1}

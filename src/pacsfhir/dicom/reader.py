@@ -213,6 +213,18 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
         return default
 
 
+MAX_FRAMES = 2**31 - 1  # the index's integer column on both backends
+
+
+def _frame_count(ds: Dataset) -> int:
+    """Number of Frames (1 when absent or unreadable); one no index column can hold is
+    malformed (PostgreSQL refused it, and with it the whole batch)."""
+    frames = _int(ds, "NumberOfFrames", 1)
+    if not 0 <= frames <= MAX_FRAMES:
+        raise RejectedInstance("malformed", f"Number of Frames {frames} is out of range")
+    return frames
+
+
 def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttributes:
     """Pick the index attributes out of a parsed dataset (pure, no I/O)."""
     study_uid = _required_uid(ds, "StudyInstanceUID")
@@ -270,7 +282,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttrib
         "InstanceNumber": _text(ds, "InstanceNumber"),
         "title": _title(ds),
         "TransferSyntaxUID": transfer_syntax,
-        "NumberOfFrames": _int(ds, "NumberOfFrames", 1),
+        "NumberOfFrames": _frame_count(ds),
     }
     return InstanceAttributes(patient, study, series, instance)
 
