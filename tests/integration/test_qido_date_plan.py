@@ -13,8 +13,8 @@ from sqlalchemy import insert, select
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from pacsfhir.index import qido
-from pacsfhir.index.dicomweb import Scope
 from pacsfhir.index.schema import study
+from pacsfhir.index.scope import Scope
 from tests.conftest import PYDICOM_DATA
 
 STUDIES = 12_000

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 
 from pacsfhir import __version__
 from pacsfhir.allocator import tune_for_streaming
 from pacsfhir.api import dicomweb, fhir
+from pacsfhir.api.context import request_context
 from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
 from pacsfhir.api.guards import RejectNul
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
@@ -57,7 +58,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     if settings.auth == "none":
         warn_development_mode()
         app.add_middleware(LoopbackOnly)  # outermost: added last
-    app.include_router(fhir.router)
+    app.include_router(fhir.router, dependencies=[Depends(request_context)])
     dicomweb.mount(app)
 
     @app.get("/", include_in_schema=False)

@@ -8,10 +8,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from sqlalchemy import ColumnElement, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from pacsfhir.api.context import context_of
 from pacsfhir.api.guards import NUL_MESSAGE
 from pacsfhir.api.responses import FhirResponse, check_format
 from pacsfhir.archive import Archive
@@ -24,8 +24,7 @@ from pacsfhir.errors import (
 )
 from pacsfhir.index import queries
 from pacsfhir.index.engine import read_connection
-from pacsfhir.index.schema import patient as patient_table
-from pacsfhir.index.schema import study as study_table
+from pacsfhir.index.scope import Scope
 from pacsfhir.index.search import search_page
 from pacsfhir.mapping.bundle import (
     link_url,
@@ -41,15 +40,11 @@ from pacsfhir.mapping.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint
 from pacsfhir.mapping.imagingstudy import imaging_study
 from pacsfhir.mapping.patient import patient as patient_resource
 from pacsfhir.search.parse import encode_cursor, parse_search
+from pacsfhir.settings import Settings
 
 router = APIRouter(prefix="/fhir")
 
 MAX_QUERY_BYTES = 16_384
-
-
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
 
 
 def _pretty(request: Request) -> bool:
@@ -77,21 +72,25 @@ def _read_response(request: Request, resource: dict[str, Any]) -> Response:
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
     check_format(request)
-    settings = _archive(request).settings
-    return FhirResponse(capability_statement(settings.fhir_base_url), pretty=_pretty(request))
+    statement = capability_statement(context_of(request).fhir_base)
+    return FhirResponse(statement, pretty=_pretty(request))
 
 
 @router.get("/ImagingStudy/{study_id}")
 def read_imaging_study(request: Request, study_id: str) -> Response:
     check_format(request)
-    archive = _archive(request)
-    with read_connection(archive.engine) as conn:
+    context = context_of(request)
+    with read_connection(context.archive.engine) as conn:
         rows = queries.load_studies(conn, study_uid=study_id)
-    if not rows:
+    if not rows or not context.scope.admits(rows[0].patient["resource_id"]):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     row = rows[0]
     resource = imaging_study(
-        row.study, row.patient, row.series, timezone=archive.settings.dicom_timezone
+        row.study,
+        row.patient,
+        row.series,
+        timezone=context.settings.dicom_timezone,
+        endpoint_id=_endpoint_id(context.scope),
     )
     return _read_response(request, resource)
 
@@ -99,9 +98,10 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
 @router.get("/Patient/{patient_id}")
 def read_patient(request: Request, patient_id: str) -> Response:
     check_format(request)
-    with read_connection(_archive(request).engine) as conn:
+    context = context_of(request)
+    with read_connection(context.archive.engine) as conn:
         row = queries.patient_by_resource_id(conn, patient_id)
-    if row is None:
+    if row is None or not context.scope.admits(patient_id):
         raise NotFound(f"Patient/{patient_id} is not known")
     return _read_response(request, patient_resource(row))
 
@@ -109,12 +109,16 @@ def read_patient(request: Request, patient_id: str) -> Response:
 @router.get("/Endpoint/{endpoint_id}")
 def read_endpoint(request: Request, endpoint_id: str) -> Response:
     check_format(request)
-    archive = _archive(request)
+    context = context_of(request)
     patient_id = endpoint_patient(endpoint_id)
     if endpoint_id == ENDPOINT_ID:
-        resource = endpoint_resource(archive.settings.dicomweb_base_url)
-    elif patient_id is not None and _patient_exists(archive, patient_id):
-        resource = _patient_endpoint(archive, patient_id)
+        resource = endpoint_resource(context.settings.dicomweb_base_url)
+    elif (
+        patient_id is not None
+        and context.scope.admits(patient_id)
+        and _patient_exists(context.archive, patient_id)
+    ):
+        resource = _patient_endpoint(context.settings, patient_id)
     else:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
     return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=_pretty(request))
@@ -125,9 +129,15 @@ def _patient_exists(archive: Archive, patient_id: str) -> bool:
         return queries.patient_by_resource_id(conn, patient_id) is not None
 
 
-def _patient_endpoint(archive: Archive, patient_id: str) -> dict[str, Any]:
+def _endpoint_id(scope: Scope) -> str:
+    """The Endpoint studies seen in ``scope`` reference: one patient's base when the scope
+    is one patient's, else the archive's."""
+    return patient_endpoint_id(scope.patient_id) if scope.patient_id else ENDPOINT_ID
+
+
+def _patient_endpoint(settings: Settings, patient_id: str) -> dict[str, Any]:
     """The Endpoint of one patient's DICOMweb base, where only their studies exist."""
-    address = f"{archive.settings.fhir_base_url}/Patient/{patient_id}/$wado-rs"
+    address = f"{settings.fhir_base_url}/Patient/{patient_id}/$wado-rs"
     return endpoint_resource(address, patient_endpoint_id(patient_id))
 
 
@@ -179,15 +189,12 @@ def _strict(request: Request) -> bool:
     return "handling=strict" in prefer
 
 
-def _search(
-    request: Request,
-    pairs: list[tuple[str, str]],
-    base_path: str,
-    compartment_patient: str | None = None,
-) -> Response:
+def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> Response:
+    """A search, within the request's scope (under ``/fhir/Patient/{id}/`` the compartment:
+    that patient's studies, whatever the parameters say)."""
     check_format(request)
-    archive = _archive(request)
-    settings = archive.settings
+    context = context_of(request)
+    archive, settings, scope = context.archive, context.settings, context.scope
     search = parse_search(
         pairs,
         strict=_strict(request),
@@ -195,17 +202,10 @@ def _search(
         default_count=settings.default_count,
         max_count=settings.max_count,
     )
-    extra: ColumnElement[bool] | None = None
-    if compartment_patient is not None:
-        extra = study_table.c.patient_pk.in_(
-            select(patient_table.c.pk).where(patient_table.c.resource_id == compartment_patient)
-        )
-    endpoint_id = ENDPOINT_ID
-    if compartment_patient is not None:
-        endpoint_id = patient_endpoint_id(compartment_patient)
+    endpoint_id = _endpoint_id(scope)
     with read_connection(archive.engine) as conn:
         page = search_page(
-            conn, search, extra, endpoint_id, archive.counts, extra_key=compartment_patient
+            conn, search, scope.clause(), endpoint_id, archive.counts, extra_key=scope.key
         )
         with_instances = search.summary not in ("true", "text")
         rows = queries.load_studies(conn, page.study_pks, with_instances=with_instances)
@@ -230,8 +230,8 @@ def _search(
     included = [(f"{fhir_base}/Patient/{p['resource_id']}", patient_resource(p)) for p in patients]
     if "endpoint" in search.includes and rows:
         endpoint = (
-            _patient_endpoint(archive, compartment_patient)
-            if compartment_patient is not None
+            _patient_endpoint(settings, scope.patient_id)
+            if scope.patient_id is not None
             else endpoint_resource(settings.dicomweb_base_url)
         )
         included.append((f"{fhir_base}/Endpoint/{endpoint_id}", endpoint))
@@ -271,13 +271,11 @@ async def search_post(request: Request) -> Response:
 
 @router.get("/Patient/{patient_id}/ImagingStudy")
 def search_compartment(request: Request, patient_id: str) -> Response:
-    return _search(
-        request, _query_pairs(request), f"/fhir/Patient/{patient_id}/ImagingStudy", patient_id
-    )
+    return _search(request, _query_pairs(request), f"/fhir/Patient/{patient_id}/ImagingStudy")
 
 
 @router.post("/Patient/{patient_id}/ImagingStudy/_search")
 async def search_compartment_post(request: Request, patient_id: str) -> Response:
     pairs = _query_pairs(request) + await _form_pairs(request)
     base_path = f"/fhir/Patient/{patient_id}/ImagingStudy"
-    return await run_in_threadpool(_search, request, pairs, base_path, patient_id)
+    return await run_in_threadpool(_search, request, pairs, base_path)

@@ -1,5 +1,5 @@
 """QIDO-RS (PS3.18 10.6): search for studies, series and instances at every level and
-nesting. Handlers take their scope from ``api.dicomweb_context.scope_of``: under
+nesting. Handlers take their scope from the request context (``api.context``): under
 ``/fhir/Patient/{id}/$wado-rs`` only that patient's studies exist.
 
 Responses are ``application/dicom+json`` (``application/json`` when only that is
@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydicom.errors import InvalidDicomError
 from starlette.responses import Response
 
-from pacsfhir.api.dicomweb_context import archive_of, base_url_of, scope_of
+from pacsfhir.api.context import context_of
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.metadata import metadata_of
 from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
@@ -97,8 +97,8 @@ def _search(
     accept = dict(pairs).get("accept") or request.headers.get("accept", "")
     media_type = negotiate(accept)
     query = parse_query(level, pairs, study_uid, series_uid)
-    archive = archive_of(request)
-    scope = scope_of(request)
+    archive = context_of(request).archive
+    scope = context_of(request).scope
     defaults = default_tags(level, study_uid is not None, series_uid is not None)
     tags = defaults | query.includes
     with_sidecars = query.include_all or not all(from_index(t) for t in tags)
@@ -110,7 +110,7 @@ def _search(
         blobs: dict[int, str] = {}
         if with_sidecars and level is not Level.INSTANCE:
             blobs = qido.representative_blobs(conn, level, [r["_pk"] for r in page.rows])
-    base = base_url_of(request)
+    base = context_of(request).dicomweb_base
     headers = _warnings(base, query, page.remaining)
     if not page.rows:
         return Response(status_code=204, headers=headers)

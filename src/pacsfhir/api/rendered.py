@@ -2,7 +2,7 @@
 series, instance or frames, as image/jpeg (the default), image/png or image/gif; rendered
 ones also as ``multipart/related``, one part a frame. The query parameters ``window``,
 ``viewport`` and ``quality`` (PS3.18 8.3.5) shape the image; ``dicom.render`` draws it.
-Handlers take their scope from ``api.dicomweb_context.scope_of``: under a patient's
+Handlers take their scope from the request context (``api.context``): under a patient's
 ``$wado-rs`` base anything of another patient is 404.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from pacsfhir.api.dicomweb_context import archive_of
+from pacsfhir.api.context import context_of
 from pacsfhir.api.wado_common import (
     INSTANCE,
     accept_ranges,
@@ -76,7 +76,7 @@ def _render_options(request: Request, media: str, thumbnail: bool) -> RenderOpti
         quality = parse_quality(params["quality"]) if "quality" in params else 90
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    limit = archive_of(request).settings.max_render_pixels
+    limit = context_of(request).archive.settings.max_render_pixels
     return RenderOptions(media, window, viewport, quality, limit)
 
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from pacsfhir.api.dicomweb_context import is_dicomweb
+from pacsfhir.api.context import is_dicomweb
 from pacsfhir.errors import NotAcceptable, PacsFhirError, ServiceUnavailable
 from pacsfhir.mapping.bundle import operation_outcome
 

@@ -1,6 +1,6 @@
 """STOW-RS (PS3.18 10.5): ``POST /studies`` and ``/studies/{study}`` with
 ``multipart/related; type="application/dicom"``, through the same ingest path as the CLI.
-Handlers take their scope from ``api.dicomweb_context.scope_of``.
+Handlers take their scope from the request context (``api.context``).
 
 Status (PS3.18 Table 10.5.3-1): 200 all stored (or already present), 202 some failed,
 409 none stored, 400 bad syntax or no parts, 413 a body or a part over its limit
@@ -21,14 +21,14 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from pacsfhir.api.dicomweb_context import archive_of, base_url_of, scope_of
+from pacsfhir.api.context import context_of
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import Outcome, commit_batch
 from pacsfhir.dicom.prepare import Prepared, Rejected, prepare_staged
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, receive_parts, related_boundary
 from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
-from pacsfhir.index.dicomweb import Scope
+from pacsfhir.index.scope import Scope
 from pacsfhir.index.writer import patient_key
 
 router = APIRouter()
@@ -180,14 +180,14 @@ async def _stow(request: Request, study_uid: str | None) -> Response:
     _check_accept(request)
     if study_uid is not None and not is_valid_uid(study_uid):
         raise NotFound(f"{study_uid!a} is not a Study Instance UID")
-    archive = archive_of(request)
+    archive = context_of(request).archive
     boundary = related_boundary(request.headers.get("content-type", ""), "application/dicom")
     limits = UploadLimits.of(archive.settings)
     limits.check_declared(request.headers.get("content-length"))
     parts = await receive_parts(request.stream(), boundary, archive.blobs, limits)
     if not parts:
         raise BadRequest("the multipart body holds no parts")
-    scope, base = scope_of(request), base_url_of(request)
+    scope, base = context_of(request).scope, context_of(request).dicomweb_base
     try:
         status, body = await run_in_threadpool(_answer, archive, parts, study_uid, scope, base)
     except BaseException:  # an error, or cancelled: nothing stays staged

@@ -1,7 +1,7 @@
 """WADO-RS (PS3.18 10.4) of a study, series or instance: the DICOM instances
 (10.4.1.1.1), their metadata (10.4.1.1.2), bulk data, pixel data and frames. Rendered
 images and thumbnails are ``api.rendered``; what both share is ``api.wado_common``.
-Handlers take their scope from ``api.dicomweb_context.scope_of``: under a patient's
+Handlers take their scope from the request context (``api.context``): under a patient's
 ``$wado-rs`` base anything of another patient is 404.
 
 DICOM instances, frames and bulk data stream from disk as ``multipart/related``; no
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from pacsfhir.api.dicomweb_context import archive_of, base_url_of
+from pacsfhir.api.context import context_of
 from pacsfhir.api.streaming import in_batches
 from pacsfhir.api.wado_common import (
     INSTANCE,
@@ -61,7 +61,7 @@ _JSON_TYPES = (DICOM_JSON, "application/json")
 
 def _location(request: Request, stored: StoredInstance) -> str:
     return (
-        f"{base_url_of(request)}/studies/{stored.study_uid}/series/{stored.series_uid}"
+        f"{context_of(request).dicomweb_base}/studies/{stored.study_uid}/series/{stored.series_uid}"
         f"/instances/{stored.sop_uid}"
     )
 
@@ -164,7 +164,7 @@ def retrieve_instance(request: Request, study: str, series: str, instance: str) 
 
 
 def _instance_json(request: Request, stored: StoredInstance) -> bytes:
-    data = metadata_of(archive_of(request).blobs, stored.blob)
+    data = metadata_of(context_of(request).archive.blobs, stored.blob)
     prefix = b'"BulkDataURI":"'
     target = (_location(request, stored) + "/").encode()
     return data.replace(prefix + BULK_PLACEHOLDER.encode(), prefix + target)

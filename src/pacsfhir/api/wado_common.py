@@ -1,7 +1,7 @@
 """What the WADO-RS routes (PS3.18 10.4) share, ``api.wado`` (DICOM, metadata, bulk and
 pixel data, frames) and ``api.rendered`` (rendered images and thumbnails) alike: their
 resource paths, the stored instances a request names (within its scope, from
-``api.dicomweb_context.scope_of``: another patient's is 404), the Accept it sends and
+the request context (``api.context``): another patient's is 404), the Accept it sends and
 ``multipart/related`` responses.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from pacsfhir.api.dicomweb_context import archive_of, scope_of
+from pacsfhir.api.context import context_of
 from pacsfhir.api.streaming import in_batches
 from pacsfhir.dicom import multipart
 from pacsfhir.dicom.frames import Missing, PixelDataFile, parse_frame_list
@@ -57,9 +57,9 @@ def find_instances(
     for uid in (study, series, instance):
         if uid is not None and not is_valid_uid(uid):
             raise BadRequest(f"not a valid UID: {uid[:80]!r}")
-    archive = archive_of(request)
+    archive = context_of(request).archive
     with read_connection(archive.engine) as conn:
-        found = stored_instances(conn, scope_of(request), study, series, instance)
+        found = stored_instances(conn, context_of(request).scope, study, series, instance)
     if not found:
         level = "instance" if instance else "series" if series else "study"
         raise NotFound(f"no such {level}")
@@ -67,7 +67,7 @@ def find_instances(
 
 
 def path_of(request: Request, stored: StoredInstance) -> str:
-    return str(archive_of(request).blobs.absolute(stored.blob))
+    return str(context_of(request).archive.blobs.absolute(stored.blob))
 
 
 def open_pixels(request: Request, stored: StoredInstance) -> PixelDataFile:

@@ -6,23 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Connection, select, true
+from sqlalchemy import Connection, select
 
-from pacsfhir.index.schema import instance, patient, series, study
-
-
-@dataclass(frozen=True)
-class Scope:
-    """``patient_id``: the FHIR id of the only patient visible; None: everything."""
-
-    patient_id: str | None = None
-
-    def clause(self) -> ColumnElement[bool]:
-        if self.patient_id is None:
-            return true()
-        return study.c.patient_pk.in_(
-            select(patient.c.pk).where(patient.c.resource_id == self.patient_id)
-        )
+from pacsfhir.index.schema import instance, series, study
+from pacsfhir.index.scope import Scope
 
 
 @dataclass(frozen=True)

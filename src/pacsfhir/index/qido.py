@@ -35,8 +35,8 @@ from sqlalchemy import (
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import BadRequest, TooCostly
 from pacsfhir.index.counts import CountCache
-from pacsfhir.index.dicomweb import Scope
 from pacsfhir.index.schema import instance, patient, series, study
+from pacsfhir.index.scope import Scope
 from pacsfhir.mapping.dicom_json import Level, attribute_level, keyword_of, tag_of, vr_of
 from pacsfhir.mapping.names import normalise
 from pacsfhir.search.limits import MAX_WORDS, non_negative_integer, shown

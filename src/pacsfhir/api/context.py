@@ -1,0 +1,88 @@
+"""The request context: what every route is given, and the one place that decides what a
+request may see.
+
+``request_context`` is a FastAPI dependency that every FHIR and DICOMweb route takes (it
+is attached where the routers are included, in ``api.app`` and ``api.dicomweb``, so a new
+route cannot miss it). It gathers the archive, the caller, the request's ``Scope`` (the
+whole index, or one patient's studies under ``/fhir/Patient/{id}/...``; a token's patient
+will narrow it further) and the public base URLs. Handlers read it with ``context_of``
+and pass its scope to the index; none decides access by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from pacsfhir.archive import Archive
+from pacsfhir.index.scope import Scope
+from pacsfhir.settings import Settings
+
+DICOMWEB_PREFIX = "/dicom-web"
+PATIENT_PREFIX = "/fhir/Patient/{patient_id}/$wado-rs"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking. ``subject`` and ``client_id`` are kept for the audit; ``patient`` is
+    the patient the caller is limited to (None: not limited)."""
+
+    subject: str
+    client_id: str | None = None
+    patient: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+DEVELOPER = Caller("development (PACSFHIR_AUTH=none)", scopes=("system/*.*",))
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    archive: Archive
+    caller: Caller
+    scope: Scope
+    path_patient: str | None  # the {patient_id} of a /fhir/Patient/{id}/... path
+
+    @property
+    def settings(self) -> Settings:
+        return self.archive.settings
+
+    @property
+    def fhir_base(self) -> str:
+        return self.settings.fhir_base_url
+
+    @property
+    def dicomweb_base(self) -> str:
+        """The DICOMweb base this request came through (public URL, patient-scoped under
+        ``/fhir/Patient/{id}/$wado-rs``)."""
+        if self.path_patient is None:
+            return self.settings.dicomweb_base_url
+        return f"{self.fhir_base}/Patient/{self.path_patient}/$wado-rs"
+
+
+def _build(request: Request) -> RequestContext:
+    archive: Archive = request.app.state.archive
+    caller = DEVELOPER
+    path_patient = request.path_params.get("patient_id")
+    scope = Scope().narrow(path_patient).narrow(caller.patient)
+    return RequestContext(archive, caller, scope, path_patient)
+
+
+def request_context(request: Request) -> RequestContext:
+    """The FastAPI dependency: this request's context, built once per request."""
+    context = getattr(request.state, "context", None)
+    if context is None:
+        context = _build(request)
+        request.state.context = context
+    return context
+
+
+def context_of(request: Request) -> RequestContext:
+    """The context of a request whose route took ``request_context``."""
+    return request_context(request)
+
+
+def is_dicomweb(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith(DICOMWEB_PREFIX + "/") or "/$wado-rs" in path
