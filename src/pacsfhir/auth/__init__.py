@@ -1,0 +1,1 @@
+"""Authorization: SMART scopes, token checking and the caller a token stands for."""
