@@ -53,6 +53,37 @@ SETTINGS: tuple[Setting, ...] = (
         "Token checking: none (development, loopback only), introspection or jwt",
     ),
     Setting(
+        "introspection_url", str, "", "RFC 7662 token introspection endpoint (auth=introspection)"
+    ),
+    Setting("introspection_client_id", str, "", "Our client id at the introspection endpoint"),
+    Setting(
+        "introspection_client_secret",
+        str,
+        "",
+        "Our client secret at the introspection endpoint (HTTP Basic); keep it in the env",
+    ),
+    Setting(
+        "token_cache_seconds",
+        int,
+        300,
+        "Longest an active token's check is reused (never past its exp); inactive: 10 s",
+    ),
+    Setting(
+        "jwt_issuer",
+        str,
+        "",
+        "Issuer (iss) of JWT access tokens; keys found via its OpenID discovery document",
+    ),
+    Setting("jwks_url", str, "", "JWKS URL of the token issuer (default: from its discovery)"),
+    Setting(
+        "jwt_audience",
+        str,
+        "",
+        "Accepted aud values, comma-separated; the FHIR base URL is always accepted",
+    ),
+    Setting("smart_authorize_url", str, "", "Authorization endpoint advertised to SMART apps"),
+    Setting("smart_token_url", str, "", "Token endpoint advertised to SMART apps"),
+    Setting(
         "dicom_timezone",
         str,
         "",
@@ -104,6 +135,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     auth: str = "none"
+    introspection_url: str = ""
+    introspection_client_id: str = ""
+    introspection_client_secret: str = ""
+    token_cache_seconds: int = 300
+    jwt_issuer: str = ""
+    jwks_url: str = ""
+    jwt_audience: str = ""
+    smart_authorize_url: str = ""
+    smart_token_url: str = ""
     dicom_timezone: str = ""
     ingest_workers: int = 0
     ingest_batch: int = 256
