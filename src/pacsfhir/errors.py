@@ -34,6 +34,26 @@ class TooCostly(BadRequest):
     issue_code = "too-costly"
 
 
+class Unauthorized(PacsFhirError):
+    """401: no token, or one that is expired, revoked, malformed or not for us. Rendered
+    with ``WWW-Authenticate: Bearer`` and the RFC 6750 ``error`` code."""
+
+    status = 401
+    issue_code = "login"
+
+    def __init__(self, message: str, error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.error = error  # None: no token was sent (RFC 6750 3.1: no error code then)
+
+    @property
+    def www_authenticate(self) -> str:
+        if self.error is None:
+            return 'Bearer realm="pacsfhir"'
+        description = self.message.replace('"', "'").replace("\\", "/")
+        text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in description)
+        return f'Bearer realm="pacsfhir", error="{self.error}", error_description="{text}"'
+
+
 class Forbidden(PacsFhirError):
     status = 403
     issue_code = "forbidden"

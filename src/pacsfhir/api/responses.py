@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from pacsfhir.api.context import is_dicomweb
-from pacsfhir.errors import NotAcceptable, PacsFhirError, ServiceUnavailable
+from pacsfhir.errors import NotAcceptable, PacsFhirError, ServiceUnavailable, Unauthorized
 from pacsfhir.mapping.bundle import operation_outcome
 
 FHIR_JSON = "application/fhir+json"
@@ -108,6 +108,8 @@ async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, ServiceUnavailable):
         headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": exc.www_authenticate}
     return error_response(request, exc.status, exc.issue_code, exc.message, headers)
 
 
