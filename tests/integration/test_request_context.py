@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from pacsfhir.api import context
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
+from pacsfhir.auth.scopes import parse_scopes
 
 PARAM = re.compile(r"\{[^}]+\}")
 
@@ -40,6 +41,7 @@ def test_every_route_takes_the_request_context(
                 built.clear()
                 response = client.request(method.upper(), path)
                 assert response.status_code != 500, (method, template, response.text)
+                assert "authorization policy" not in response.text, (method, template)
                 assert built == [path], (method, template)
 
 
@@ -61,7 +63,8 @@ def as_patient_a(
     two_patients: tuple[str, str, str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[TestClient]:
-    monkeypatch.setattr(context, "DEVELOPER", context.Caller("app", patient=two_patients[0]))
+    caller = context.Caller("app", patient=two_patients[0], grant=parse_scopes("patient/*.rs"))
+    monkeypatch.setattr(context, "DEVELOPER", caller)
     with TestClient(create_app(sample_archive.settings, sample_archive)) as client:
         yield client
 

@@ -11,11 +11,14 @@ and pass its scope to the index; none decides access by itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from pacsfhir.archive import Archive
+from pacsfhir.auth.policy import Need, Surface, decide, need_of
+from pacsfhir.auth.scopes import Grant, parse_scopes
+from pacsfhir.errors import Forbidden
 from pacsfhir.index.scope import Scope
 from pacsfhir.settings import Settings
 
@@ -25,16 +28,18 @@ PATIENT_PREFIX = "/fhir/Patient/{patient_id}/$wado-rs"
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking. ``subject`` and ``client_id`` are kept for the audit; ``patient`` is
-    the patient the caller is limited to (None: not limited)."""
+    """Who is asking. ``subject``, ``client_id`` and ``fhir_user`` are kept for the audit;
+    ``patient`` is the SMART launch patient (patient-level scopes reach only that patient);
+    ``grant`` is what the token's scopes allow."""
 
     subject: str
     client_id: str | None = None
     patient: str | None = None
-    scopes: tuple[str, ...] = ()
+    grant: Grant = field(default_factory=Grant)
+    fhir_user: str | None = None
 
 
-DEVELOPER = Caller("development (PACSFHIR_AUTH=none)", scopes=("system/*.*",))
+DEVELOPER = Caller("development (PACSFHIR_AUTH=none)", grant=parse_scopes("system/*.*"))
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,28 @@ class RequestContext:
         return f"{self.fhir_base}/Patient/{self.path_patient}/$wado-rs"
 
 
+def _need(request: Request) -> Need | None:
+    """What the matched route needs of the caller (``auth.policy``); a route the policy
+    does not list is refused, whatever the mode: nothing is served by default."""
+    surface = Surface.DICOMWEB if is_dicomweb(request) else Surface.FHIR
+    template = getattr(request.scope.get("route"), "path", request.url.path)
+    try:
+        return need_of(surface, request.method, template)
+    except KeyError:
+        raise Forbidden(f"{request.method} {template} is not in the authorization policy") from None
+
+
 def _build(request: Request) -> RequestContext:
     archive: Archive = request.app.state.archive
+    need = _need(request)
     caller = DEVELOPER
     path_patient = request.path_params.get("patient_id")
-    scope = Scope().narrow(path_patient).narrow(caller.patient)
+    scope = Scope().narrow(path_patient)
+    if need is not None:
+        access = decide(caller.grant, caller.patient, need)
+        if not access.allowed:
+            raise Forbidden(access.reason)
+        scope = scope.narrow(access.patient)
     return RequestContext(archive, caller, scope, path_patient)
 
 

@@ -3,6 +3,7 @@ search (GET, POST _search, and the Patient compartment)."""
 
 from __future__ import annotations
 
+import json
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -39,6 +40,7 @@ from pacsfhir.mapping.endpoint import endpoint as endpoint_resource
 from pacsfhir.mapping.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint_id
 from pacsfhir.mapping.imagingstudy import imaging_study
 from pacsfhir.mapping.patient import patient as patient_resource
+from pacsfhir.mapping.smart import OAuthUris, smart_configuration
 from pacsfhir.search.parse import encode_cursor, parse_search
 from pacsfhir.settings import Settings
 
@@ -72,8 +74,28 @@ def _read_response(request: Request, resource: dict[str, Any]) -> Response:
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
     check_format(request)
-    statement = capability_statement(context_of(request).fhir_base)
+    context = context_of(request)
+    statement = capability_statement(context.fhir_base, _oauth_uris(context.settings))
     return FhirResponse(statement, pretty=_pretty(request))
+
+
+def _oauth_uris(settings: Settings) -> OAuthUris | None:
+    """The authorization server's endpoints apps are told of; None until both are set."""
+    if not (settings.smart_authorize_url and settings.smart_token_url):
+        return None
+    introspection = settings.introspection_url if settings.auth == "introspection" else ""
+    return OAuthUris(settings.smart_authorize_url, settings.smart_token_url, introspection)
+
+
+@router.get("/.well-known/smart-configuration")
+def smart_configuration_document(request: Request) -> Response:
+    """SMART App Launch discovery (public); 404 until the SMART endpoints are configured."""
+    uris = _oauth_uris(context_of(request).settings)
+    if uris is None:
+        raise NotFound(
+            "SMART is not configured (PACSFHIR_SMART_AUTHORIZE_URL, PACSFHIR_SMART_TOKEN_URL)"
+        )
+    return Response(json.dumps(smart_configuration(uris)), media_type="application/json")
 
 
 @router.get("/ImagingStudy/{study_id}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pacsfhir import __version__
+from pacsfhir.mapping.smart import OAuthUris, rest_security
 from pacsfhir.search.parse import IMAGING_STUDY_PARAMS, INCLUDES, MODIFIERS, SORTABLE
 
 _DEFINITIONS = {
@@ -42,9 +43,10 @@ def _search_params() -> list[dict[str, Any]]:
     return params
 
 
-def capability_statement(fhir_base: str) -> dict[str, Any]:
+def capability_statement(fhir_base: str, oauth: OAuthUris | None = None) -> dict[str, Any]:
+    """The statement; with ``oauth``, ``rest.security`` names SMART and its endpoints."""
     read_only = [{"code": "read"}]
-    return {
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": RELEASE_DATE,
@@ -97,3 +99,6 @@ def capability_statement(fhir_base: str) -> dict[str, Any]:
             }
         ],
     }
+    if oauth is not None:
+        statement["rest"][0]["security"] = rest_security(oauth)
+    return statement

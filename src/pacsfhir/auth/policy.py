@@ -1,0 +1,93 @@
+"""What each route needs of a token, and what a token's grant makes of a request (pure).
+
+``NEEDS`` names, for every route (surface, method, path template as the router declares
+it), the resource type and SMART permission it exercises; a route missing from it is
+refused (fail closed), and a test checks that every route of the app is listed.
+
+``decide`` turns a caller's grant and launch patient into an ``Access``: refused (403),
+or allowed, narrowed to the token's patient when only patient-level scopes grant the
+permission. ``user/`` and ``system/`` scopes reach every study (the archive keeps no
+per-user rights). DICOMweb serves ImagingStudy data: its searches need ``s`` and its
+retrieves ``r`` on ImagingStudy, STOW ``c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pacsfhir.auth.scopes import Grant, Level
+
+
+class Surface(Enum):
+    FHIR = "fhir"
+    DICOMWEB = "dicomweb"  # /dicom-web and /fhir/Patient/{id}/$wado-rs alike
+
+
+@dataclass(frozen=True)
+class Need:
+    resource_type: str
+    permission: str  # a letter of scopes.PERMISSIONS
+
+
+PUBLIC = None  # a route anyone may call: no patient data (capabilities, discovery)
+IMAGING_SEARCH = Need("ImagingStudy", "s")
+IMAGING_READ = Need("ImagingStudy", "r")
+
+_QIDO = (
+    "/studies",
+    "/series",
+    "/instances",
+    "/studies/{study_uid}/series",
+    "/studies/{study_uid}/instances",
+    "/studies/{study_uid}/series/{series_uid}/instances",
+)
+
+NEEDS: dict[tuple[Surface, str, str], Need | None] = {
+    (Surface.FHIR, "GET", "/fhir/metadata"): PUBLIC,
+    (Surface.FHIR, "GET", "/fhir/.well-known/smart-configuration"): PUBLIC,
+    (Surface.FHIR, "GET", "/fhir/ImagingStudy"): IMAGING_SEARCH,
+    (Surface.FHIR, "POST", "/fhir/ImagingStudy/_search"): IMAGING_SEARCH,
+    (Surface.FHIR, "GET", "/fhir/ImagingStudy/{study_id}"): IMAGING_READ,
+    (Surface.FHIR, "GET", "/fhir/Patient/{patient_id}"): Need("Patient", "r"),
+    (Surface.FHIR, "GET", "/fhir/Endpoint/{endpoint_id}"): Need("Endpoint", "r"),
+    (Surface.FHIR, "GET", "/fhir/Patient/{patient_id}/ImagingStudy"): IMAGING_SEARCH,
+    (Surface.FHIR, "POST", "/fhir/Patient/{patient_id}/ImagingStudy/_search"): IMAGING_SEARCH,
+    **{(Surface.DICOMWEB, "GET", path): IMAGING_SEARCH for path in _QIDO},
+    (Surface.DICOMWEB, "POST", "/studies"): Need("ImagingStudy", "c"),
+    (Surface.DICOMWEB, "POST", "/studies/{study_uid}"): Need("ImagingStudy", "c"),
+}
+
+
+def need_of(surface: Surface, method: str, template: str) -> Need | None:
+    """What a route needs. Every other DICOMweb GET is a WADO-RS retrieve (ImagingStudy
+    read); an unknown FHIR route raises KeyError (refused by the caller)."""
+    key = (surface, method, template)
+    if key in NEEDS:
+        return NEEDS[key]
+    if surface is Surface.DICOMWEB and method == "GET" and template.startswith("/studies/"):
+        return IMAGING_READ
+    raise KeyError(key)
+
+
+@dataclass(frozen=True)
+class Access:
+    allowed: bool
+    patient: str | None = None  # the only patient visible (None: no narrowing)
+    reason: str = ""
+
+
+def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
+    """Whether ``grant`` allows ``need``, and within which patient."""
+    levels = grant.levels(need.resource_type, need.permission)
+    if Level.SYSTEM in levels or Level.USER in levels:
+        return Access(True)
+    if Level.PATIENT in levels:
+        if launch_patient is None:
+            return Access(False, reason="patient-level scope without a patient in the token")
+        return Access(True, patient=launch_patient)
+    return Access(
+        False,
+        reason=f"no scope grants {need.resource_type}.{need.permission} "
+        f"(e.g. patient/{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
+    )

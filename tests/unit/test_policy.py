@@ -1,0 +1,77 @@
+"""What a token's grant makes of a request (table tests over auth.policy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pacsfhir.auth.policy import (
+    IMAGING_READ,
+    IMAGING_SEARCH,
+    Access,
+    Need,
+    Surface,
+    decide,
+    need_of,
+)
+from pacsfhir.auth.scopes import parse_scopes
+
+STOW = Need("ImagingStudy", "c")
+
+
+@pytest.mark.parametrize(
+    ("scopes", "patient", "need", "access"),
+    [
+        ("patient/ImagingStudy.rs", "a", IMAGING_SEARCH, Access(True, "a")),
+        ("patient/ImagingStudy.read", "a", IMAGING_READ, Access(True, "a")),
+        ("patient/*.rs", "a", IMAGING_READ, Access(True, "a")),
+        ("patient/ImagingStudy.s", "a", IMAGING_READ, Access(False)),  # search is not read
+        ("patient/ImagingStudy.rs", None, IMAGING_SEARCH, Access(False)),  # no patient
+        ("user/ImagingStudy.rs", None, IMAGING_SEARCH, Access(True)),
+        ("user/ImagingStudy.rs", "a", IMAGING_SEARCH, Access(True)),  # user rights win
+        ("system/*.read", None, IMAGING_READ, Access(True)),
+        ("system/*.rs patient/ImagingStudy.rs", "a", IMAGING_READ, Access(True)),
+        ("patient/Observation.rs", "a", IMAGING_SEARCH, Access(False)),
+        ("openid fhirUser launch/patient", "a", IMAGING_READ, Access(False)),
+        ("patient/ImagingStudy.rs", "a", STOW, Access(False)),  # reading is not writing
+        ("patient/ImagingStudy.cud", "a", STOW, Access(True, "a")),
+        ("system/*.write", None, STOW, Access(True)),
+        ("patient/ImagingStudy.rs", "a", Need("Patient", "r"), Access(False)),
+        ("patient/Patient.read", "a", Need("Patient", "r"), Access(True, "a")),
+    ],
+)
+def test_decide(scopes: str, patient: str | None, need: Need, access: Access) -> None:
+    decided = decide(parse_scopes(scopes), patient, need)
+    assert (decided.allowed, decided.patient) == (access.allowed, access.patient)
+    assert decided.allowed or decided.reason
+
+
+@pytest.mark.parametrize(
+    ("surface", "method", "template", "need"),
+    [
+        (Surface.FHIR, "GET", "/fhir/metadata", None),
+        (Surface.FHIR, "GET", "/fhir/ImagingStudy", IMAGING_SEARCH),
+        (Surface.FHIR, "POST", "/fhir/ImagingStudy/_search", IMAGING_SEARCH),
+        (Surface.FHIR, "GET", "/fhir/ImagingStudy/{study_id}", IMAGING_READ),
+        (Surface.DICOMWEB, "GET", "/studies", IMAGING_SEARCH),
+        (Surface.DICOMWEB, "GET", "/studies/{study_uid}/series", IMAGING_SEARCH),
+        (Surface.DICOMWEB, "GET", "/studies/{study}/metadata", IMAGING_READ),
+        (Surface.DICOMWEB, "GET", "/studies/{study}/series/{series}/rendered", IMAGING_READ),
+        (Surface.DICOMWEB, "POST", "/studies", STOW),
+    ],
+)
+def test_need_of(surface: Surface, method: str, template: str, need: Need | None) -> None:
+    assert need_of(surface, method, template) == need
+
+
+@pytest.mark.parametrize(
+    ("surface", "method", "template"),
+    [
+        (Surface.FHIR, "DELETE", "/fhir/ImagingStudy/{study_id}"),
+        (Surface.FHIR, "GET", "/fhir/AuditEvent"),
+        (Surface.DICOMWEB, "DELETE", "/studies/{study}"),
+        (Surface.DICOMWEB, "GET", "/workitems"),
+    ],
+)
+def test_a_route_not_listed_is_unknown(surface: Surface, method: str, template: str) -> None:
+    with pytest.raises(KeyError):
+        need_of(surface, method, template)
