@@ -1,0 +1,133 @@
+"""Hostile requests on every route of the app (derived from its route table, so a new
+route joins this gate without an edit here): no 5xx (but a documented 503), every error
+well-formed (OperationOutcome on FHIR routes, JSON with a Warning header on DICOMweb
+routes), 405 with Allow, and the server still answering ``GET /fhir/metadata``.
+
+Each route gets ``PACSFHIR_FUZZ_EXAMPLES`` (default 30) requests drawn by Hypothesis,
+derandomized (the same requests on every run). Every problem is collected, not only the
+first, and the test fails at its end listing each distinct one with an example."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import HealthCheck, Phase, given, settings
+
+from tests.fuzz.conftest import Target
+from tests.fuzz.invariants import LEDGER, Finding, examples, problems
+from tests.fuzz.routes import Route, app_routes, routes_of
+from tests.fuzz.strategies import FuzzRequest, requests
+
+EXAMPLES = examples(30)
+ROUTES = app_routes()
+
+
+def send(target: Target, request: FuzzRequest) -> httpx.Response | None:
+    try:
+        response = target.client.request(
+            request.method,
+            request.url,
+            headers=list(request.headers),
+            content=request.body,
+        )
+    except (httpx.LocalProtocolError, httpx.InvalidURL, httpx.UnsupportedProtocol):
+        return None  # the client itself refused to send it (a real HTTP/1.1 client)
+    except httpx.RemoteProtocolError as exc:  # the server hung up: only a real server
+        response = httpx.Response(599, request=httpx.Request(request.method, "http://x/"),
+                                  content=f"connection closed: {exc}".encode())
+    LEDGER.requests += 1
+    LEDGER.statuses[response.status_code] += 1
+    return response
+
+
+def check(target: Target, route: Route, request: FuzzRequest, found: list[Finding]) -> None:
+    response = send(target, request)
+    if response is None:
+        return
+    cause, header_problems = target.recorder.take() if target.recorder else ("", [])
+    for problem in problems(response) + header_problems:
+        finding = Finding("request", str(route), problem, cause, request.describe())
+        LEDGER.add(finding)
+        found.append(finding)
+
+
+def report(found: list[Finding]) -> str:
+    distinct: dict[tuple[str, str], Finding] = {}
+    for f in found:
+        distinct.setdefault(f.key, f)
+    lines = [f"{len(found)} bad answers, {len(distinct)} distinct:"]
+    lines += [f"- {f.problem} <- {f.cause or '?'}\n    {f.example}" for f in distinct.values()]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_route_answers_hostile_requests_with_4xx(fuzz_target: Target, route: Route) -> None:
+    found: list[Finding] = []
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=requests(route, fuzz_target.context))
+    def run(request: FuzzRequest) -> None:
+        check(fuzz_target, route, request, found)
+
+    run()
+    metadata = fuzz_target.client.get("/fhir/metadata")
+    assert metadata.status_code == 200, "the server no longer answers GET /fhir/metadata"
+    assert not found, report(found)
+
+
+# The requests the issue reproduced, each sent as given (ahead of any fix).
+ISSUE_REQUESTS = [
+    FuzzRequest("GET", "/dicom-web/studies/%E6%97%A5/metadata", ""),
+    FuzzRequest("GET", "/dicom-web/studies", "StudyDate=%E6%97%A5"),
+    FuzzRequest("GET", "/dicom-web/studies", "%E6%97%A5=1"),
+    FuzzRequest("POST", "/dicom-web/studies/%E6%97%A5", "", ((b"content-type", b'multipart/related; type="application/dicom"; boundary=x'),), b"--x--\r\n"),
+    FuzzRequest("GET", "/dicom-web/studies", "accept=a%01b"),
+    FuzzRequest("GET", "/dicom-web/studies", "limit=%C2%B2"),
+    FuzzRequest("GET", "/dicom-web/studies", "offset=%C2%B2"),
+    FuzzRequest("GET", "/fhir/ImagingStudy", "_count=%C2%B2"),
+    FuzzRequest("GET", "/dicom-web/studies", "offset=99999999999999999999"),
+    FuzzRequest("GET", "/fhir/ImagingStudy", "started=9999-12-31T23:00:00-14:00"),
+    FuzzRequest("GET", "/fhir/ImagingStudy", "started=0001-01-01T00:00:00%2B14:00"),
+    FuzzRequest("GET", "/fhir/ImagingStudy", "patient.birthdate=9999-12-31T23:59:59-12:00"),
+    FuzzRequest("GET", "/fhir/ImagingStudy", "_cursor=" + __import__("base64").urlsafe_b64encode(b"[" * 1500).decode()),
+    FuzzRequest("POST", "/fhir/ImagingStudy/_search", "", ((b"content-type", b"application/x-www-form-urlencoded"),), b"_count=\xff\xfe"),
+    FuzzRequest("POST", "/dicom-web/studies", "", ((b"content-type", ('multipart/related; type="application/dicom"; boundary=' + "b" * 300).encode()),), b"--" + b"b" * 300 + b"--\r\n"),
+    FuzzRequest("GET", "/dicom-web/studies", "fuzzymatching=true&PatientName=" + "+".join(["w"] * 2000)),
+    FuzzRequest("POST", "/dicom-web/studies", "", ((b"content-type", b'multipart/related; type="application/dicom"; boundary=x'),), b""),
+    FuzzRequest("PUT", "/fhir/metadata", ""),
+]
+
+
+@pytest.mark.parametrize("request_", ISSUE_REQUESTS, ids=lambda r: f"{r.method} {r.url[:50]}")
+def test_issue_request_answers_4xx(fuzz_target: Target, request_: FuzzRequest) -> None:
+    found: list[Finding] = []
+    check(fuzz_target, Route(request_.method, request_.path), request_, found)
+    assert not found, report(found)
+
+
+def test_a_new_route_joins_the_fuzzed_routes(fuzz_target: Target) -> None:
+    """The route list comes from the app: a route added to it is fuzzed with no edit."""
+    app = FastAPI()
+    app.router.routes.extend([])  # nothing but what is declared below
+
+    @app.get("/fhir/NewResource/{new_id}")
+    def new_route(new_id: str) -> dict[str, str]:
+        return {"id": new_id}
+
+    @app.post("/dicom-web/new/{study_uid}")
+    def new_post(study_uid: str) -> dict[str, str]:
+        return {"id": study_uid}
+
+    found = {str(r) for r in routes_of(app)}
+    assert found == {"GET /fhir/NewResource/{new_id}", "POST /dicom-web/new/{study_uid}"}
+    # and the real app's table is what the parametrized test above runs over
+    assert {str(r) for r in ROUTES} >= {"GET /fhir/metadata", "POST /dicom-web/studies"}
+    assert any("$wado-rs" in r.path for r in ROUTES)
