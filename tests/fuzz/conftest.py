@@ -8,6 +8,7 @@ fuzzes each backend (SQLite only by default)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,42 @@ from tests.fuzz.invariants import LEDGER, ExceptionRecorder
 from tests.fuzz.strategies import Chain, Context, Ids
 from tests.support.mutate import SMALL
 
-BACKENDS = [b.strip() for b in os.environ.get("PACSFHIR_FUZZ_BACKENDS", "sqlite").split(",") if b.strip()]
+BACKENDS = [
+    b.strip() for b in os.environ.get("PACSFHIR_FUZZ_BACKENDS", "sqlite").split(",") if b.strip()
+]
 SUBPROCESS = os.environ.get("PACSFHIR_FUZZ_SERVER", "") == "subprocess"
+
+
+class ServerLog:
+    """The exceptions a ``pacsfhir serve`` subprocess logged since the last look: the
+    cause of a 5xx when the server is not in-process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def take(self) -> tuple[str, list[str]]:
+        try:
+            with open(self.path, "rb") as log:
+                log.seek(self.offset)
+                text = log.read().decode("utf-8", "replace")
+                self.offset = log.tell()
+        except OSError:
+            return "", []
+        lines = [line for line in text.splitlines() if EXCEPTION_LINE.match(line)]
+        where = [line.strip() for line in text.splitlines() if "/pacsfhir/" in line]
+        cause = lines[-1][:160] if lines else ""
+        if cause and where:
+            cause += (
+                " at "
+                + where[-1].split('"')[1].rsplit("/", 1)[-1]
+                + ":"
+                + where[-1].split("line ")[-1].split(",")[0]
+            )
+        return cause, []
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Warning)\b")
 
 
 @dataclass
@@ -36,7 +71,7 @@ class Target:
     client: httpx.Client
     ids: Ids
     sample: bytes  # a small real DICOM file for STOW bodies
-    recorder: ExceptionRecorder | None  # in-process only
+    recorder: ExceptionRecorder | ServerLog  # why a 5xx happened
     h11: bool  # requests go through a real HTTP/1.1 client
 
     @property
@@ -67,8 +102,13 @@ def chains(archive: Archive, limit: int = 12) -> Ids:
                 continue
             seen.add(row.StudyInstanceUID)
             ids.chains.append(
-                Chain(row.resource_id, row.StudyInstanceUID, row.SeriesInstanceUID,
-                      row.SOPInstanceUID, max(1, row.NumberOfFrames))
+                Chain(
+                    row.resource_id,
+                    row.StudyInstanceUID,
+                    row.SeriesInstanceUID,
+                    row.SOPInstanceUID,
+                    max(1, row.NumberOfFrames),
+                )
             )
             if len(ids.chains) >= limit:
                 break
@@ -92,7 +132,9 @@ def fuzz_archive(
 
 
 @pytest.fixture(scope="session")
-def fuzz_target(fuzz_archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def fuzz_target(
+    fuzz_archive: Archive, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
     ids = chains(fuzz_archive)
     sample = SMALL.read_bytes()
     if SUBPROCESS:
@@ -101,7 +143,7 @@ def fuzz_target(fuzz_archive: Archive, tmp_path_factory: pytest.TempPathFactory)
         settings = fuzz_archive.settings
         with pacsfhir_server(Path(settings.data), settings.database_url, log) as (base, pid):
             with httpx.Client(base_url=base, timeout=120) as client:
-                yield Target(client, ids, sample, None, h11=True)
+                yield Target(client, ids, sample, ServerLog(log), h11=True)
             LEDGER.server_peak_rss_mb = peak_rss_mb(pid)
         return
     recorder = ExceptionRecorder(create_app(fuzz_archive.settings, fuzz_archive))

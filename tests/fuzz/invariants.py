@@ -65,7 +65,7 @@ def describe_exception(exc: BaseException) -> str:
 def header_problem(name: bytes, value: bytes) -> str:
     """A response header value that is not visible ASCII (RFC 9110 5.5: obs-text is
     obsolete, control characters are invalid), else ""."""
-    if any(b < 0x20 and b != 0x09 or b == 0x7F for b in value):
+    if any((b < 0x20 and b != 0x09) or b == 0x7F for b in value):
         return f"control character in response header {name.decode('latin-1')}"
     if any(b > 0x7E for b in value):
         return f"non-ASCII response header {name.decode('latin-1')}"

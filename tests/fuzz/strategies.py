@@ -9,12 +9,15 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import quote
 
 from hypothesis import strategies as st
 
 from pacsfhir.search.parse import CONTROL_PARAMS, IMAGING_STUDY_PARAMS, PATIENT_PARAMS
 from tests.fuzz.routes import Route
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,10 @@ HOSTILE_NAMES = ["", "%E6%97%A5", "%FF", "a" * 3000, "(0010,0010)", "_", "%00", 
 
 def fhir_names() -> list[str]:
     names = [*IMAGING_STUDY_PARAMS, *CONTROL_PARAMS]
-    names += [f"patient.{p}" for p in PATIENT_PARAMS] + [f"subject:Patient.{p}" for p in PATIENT_PARAMS]
-    return names + ["_revinclude", "_has:x", "_total", "_lastUpdated"]
+    names += [f"patient.{p}" for p in PATIENT_PARAMS] + [
+        f"subject:Patient.{p}" for p in PATIENT_PARAMS
+    ]
+    return [*names, "_revinclude", "_has:x", "_total", "_lastUpdated"]
 
 
 def _b64(text: str) -> str:
@@ -275,7 +280,7 @@ HOSTILE_VALUES = [
 RAW_FRAGMENTS = ["%FF", "%C3%28", "%", "%G1", "%E6%97", "%00", "%0A", "a%01b", "%2C" * 10, "%C2%B2"]
 
 
-def lazy(*makers: Callable[[], object]) -> st.SearchStrategy[object]:
+def lazy(*makers: Callable[[], T]) -> st.SearchStrategy[T]:
     """One of the values the makers build, built only when drawn (big values, short reprs)."""
     return st.sampled_from(makers).map(lambda make: make())
 
@@ -286,7 +291,7 @@ def long_value() -> st.SearchStrategy[str]:
         lambda: " ".join(["word"] * 2000),
         lambda: _b64("[" * 1500),
         lambda: ",".join(str(i) for i in range(5000)),
-    ).map(lambda v: enc(str(v)))
+    ).map(enc)
 
 
 def value() -> st.SearchStrategy[str]:
@@ -392,7 +397,9 @@ def header_value(*, h11: bool) -> st.SearchStrategy[bytes]:
 
 def headers(*, h11: bool) -> st.SearchStrategy[tuple[tuple[bytes, bytes], ...]]:
     accept = st.sampled_from(ACCEPTS).map(lambda a: (b"accept", a.encode("latin-1")))
-    other = st.tuples(st.sampled_from(HEADER_NAMES).map(lambda n: n.lower().encode()), header_value(h11=h11))
+    other = st.tuples(
+        st.sampled_from(HEADER_NAMES).map(lambda n: n.lower().encode()), header_value(h11=h11)
+    )
     return st.lists(st.one_of(accept, other), max_size=3, unique_by=lambda h: h[0]).map(tuple)
 
 
@@ -411,12 +418,22 @@ def multipart(parts: list[tuple[bytes, bytes]], boundary: bytes) -> bytes:
 
 def form_body(route: Route) -> st.SearchStrategy[tuple[str, bytes]]:
     content_type = st.sampled_from(
-        [FORM, FORM + "; charset=latin-1", FORM + "; charset=\x01", "multipart/form-data; boundary=x",
-         "application/json", "", "text/plain", "garbage/\xff"]
+        [
+            FORM,
+            FORM + "; charset=latin-1",
+            FORM + "; charset=\x01",
+            "multipart/form-data; boundary=x",
+            "application/json",
+            "",
+            "text/plain",
+            "garbage/\xff",
+        ]
     )
     body = st.one_of(
         query(route).map(lambda q: q.encode("latin-1", "replace")),
-        st.sampled_from([b"", b"\xff\xfe\xfd", b"_count=\xff", b"patient=%E6%97%A5", b"\x00" * 100]),
+        st.sampled_from(
+            [b"", b"\xff\xfe\xfd", b"_count=\xff", b"patient=%E6%97%A5", b"\x00" * 100]
+        ),
         lazy(lambda: b"&" * 100_000, lambda: b"_count=" + b"9" * 10_000, lambda: b"a=b&" * 300_000),
         st.binary(max_size=200),
     )
@@ -430,8 +447,15 @@ def stow_body(sample: bytes) -> st.SearchStrategy[tuple[str, bytes]]:
     dicom_head = b"Content-Type: application/dicom"
     garbage_part = st.binary(max_size=300).map(lambda d: (dicom_head, d))
     part_heads = st.sampled_from(
-        [dicom_head, b"Content-Type: application/dicom+json", b"Content-Type: application/octet-stream",
-         b"Content-Type: \xff\x01", b"", b"Content-Length: 99999999\r\n" + dicom_head, b"X" * 10_000]
+        [
+            dicom_head,
+            b"Content-Type: application/dicom+json",
+            b"Content-Type: application/octet-stream",
+            b"Content-Type: \xff\x01",
+            b"",
+            b"Content-Length: 99999999\r\n" + dicom_head,
+            b"X" * 10_000,
+        ]
     )
     fixed: list[Callable[[], tuple[str, bytes]]] = [
         lambda: (good, b""),
@@ -445,22 +469,40 @@ def stow_body(sample: bytes) -> st.SearchStrategy[tuple[str, bytes]]:
         lambda: (good, multipart([(dicom_head, sample)], b"other")),
         lambda: (STOW_TYPE.format("b" * 300), multipart([(dicom_head, sample)], b"b" * 300)),
         lambda: (STOW_TYPE.format(""), multipart([(dicom_head, sample)], b"")),
-        lambda: ('multipart/related; type="application/dicom"', multipart([(dicom_head, sample)], b)),
+        lambda: (
+            'multipart/related; type="application/dicom"',
+            multipart([(dicom_head, sample)], b),
+        ),
         lambda: ("multipart/related; boundary=fuzzboundary", multipart([(dicom_head, sample)], b)),
-        lambda: ('multipart/related; type="application/dicom+json"; boundary=fuzzboundary', multipart([(dicom_head, b"{}")], b)),
+        lambda: (
+            'multipart/related; type="application/dicom+json"; boundary=fuzzboundary',
+            multipart([(dicom_head, b"{}")], b),
+        ),
         lambda: ("application/dicom", sample),
         lambda: ("", sample),
         lambda: ("\x01", b"x"),
         lambda: (STOW_TYPE.format('"unterminated'), b"x"),
-        lambda: (STOW_TYPE.format("fuzzboundary") + "; " + "x=y; " * 2000, multipart([(dicom_head, sample)], b)),
-        lambda: (good, b"--fuzzboundary\r\n" + b"H: v\r\n" * 5000 + b"\r\n\r\nx\r\n--fuzzboundary--\r\n"),
+        lambda: (
+            STOW_TYPE.format("fuzzboundary") + "; " + "x=y; " * 2000,
+            multipart([(dicom_head, sample)], b),
+        ),
+        lambda: (
+            good,
+            b"--fuzzboundary\r\n" + b"H: v\r\n" * 5000 + b"\r\n\r\nx\r\n--fuzzboundary--\r\n",
+        ),
     ]
     generated = st.tuples(
         st.just(good),
-        st.lists(st.one_of(garbage_part, st.tuples(part_heads, st.sampled_from([sample, b"", b"DICM"]))),
-                 max_size=4).map(lambda parts: multipart(parts, b)),
+        st.lists(
+            st.one_of(garbage_part, st.tuples(part_heads, st.sampled_from([sample, b"", b"DICM"]))),
+            max_size=4,
+        ).map(lambda parts: multipart(parts, b)),
     )
-    return st.one_of(st.sampled_from(fixed).map(lambda make: make()), generated, st.tuples(st.just(good), st.binary(max_size=300)))
+    return st.one_of(
+        st.sampled_from(fixed).map(lambda make: make()),
+        generated,
+        st.tuples(st.just(good), st.binary(max_size=300)),
+    )
 
 
 # -- whole requests -----------------------------------------------------------------

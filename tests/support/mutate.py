@@ -29,7 +29,21 @@ SMALL = TEST_FILES / "SC_rgb_small_odd.dcm"  # 1.4 KB, 41 elements, explicit VR 
 MULTIFRAME = TEST_FILES / "SC_rgb_rle_2frame.dcm"  # 2 frames, RLE
 PREAMBLE = 128
 # Explicit VR elements with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 WRONG_VRS = [b"SQ", b"UN", b"OB", b"US", b"FD", b"AT", b"XX", b"\x00\x00", b"UT", b"DA", b"PN"]
 CHARSETS = ["ISO_IR 999", "ISO 2022 IR 87", "\\ISO 2022 IR 149", "GB18030", "ISO_IR 192", ""]
 UNDECODABLE = [b"\xff\xfe\xfd\x80", b"\x1b$B\xff\xff", b"\xc3\x28\xa0\xa1", b"\x00\x00\x00\x00"]
@@ -52,10 +66,23 @@ class Element:
     vr: bytes  # as written (explicit VR)
 
 
+_uids = random.Random(0)
+
+
+def reset_uids(seed: int) -> None:
+    _uids.seed(seed)
+
+
+def new_uid() -> str:
+    """A UID under 2.25 from a seeded generator: the same corpus on every run."""
+    return f"2.25.{_uids.getrandbits(127)}"
+
+
 def variant(template: Path, tmp: Path, **attributes: object) -> bytes:
     """The template written again with new UIDs (and the given attributes)."""
     target = tmp / "variant.dcm"
-    write_variant(pydicom.dcmread(template), target, **attributes)
+    uids = {"study_uid": new_uid(), "series_uid": new_uid(), "sop_uid": new_uid()}
+    write_variant(pydicom.dcmread(template), target, **uids, **attributes)  # type: ignore[arg-type]
     return target.read_bytes()
 
 
@@ -132,7 +159,8 @@ def implicit_variant(template: Path, tmp: Path, **attributes: object) -> bytes:
     ds = pydicom.dcmread(template)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     target = tmp / "implicit.dcm"
-    write_variant(ds, target, **attributes)
+    uids = {"study_uid": new_uid(), "series_uid": new_uid(), "sop_uid": new_uid()}
+    write_variant(ds, target, **uids, **attributes)  # type: ignore[arg-type]
     return target.read_bytes()
 
 
@@ -175,6 +203,7 @@ def corpus(tmp: Path, seed: int = 12, scale: int = 1) -> list[Mutant]:
     """The mutated files, in a fixed order for a seed; ``scale`` multiplies the random
     mutations (bit flips, wrong VRs, odd lengths)."""
     rng = random.Random(seed)
+    reset_uids(seed)
     tmp.mkdir(parents=True, exist_ok=True)
     out: list[Mutant] = []
 
@@ -206,7 +235,10 @@ def corpus(tmp: Path, seed: int = 12, scale: int = 1) -> list[Mutant]:
         out.append(Mutant(f"undecodable name {raw!r}", with_raw_value(SMALL, tmp, raw)))
     huge: list[tuple[str, Callable[[], bytes]]] = [
         ("1 MB PatientName", lambda: implicit_variant(SMALL, tmp, PatientName="A^" * 500_000)),
-        ("1 MB StudyDescription", lambda: implicit_variant(SMALL, tmp, StudyDescription="x" * (1 << 20))),
+        (
+            "1 MB StudyDescription",
+            lambda: implicit_variant(SMALL, tmp, StudyDescription="x" * (1 << 20)),
+        ),
         ("100 kB PatientID", lambda: implicit_variant(SMALL, tmp, PatientID="9" * 100_000)),
         ("70,000 ImageType values", lambda: implicit_variant(SMALL, tmp, ImageType=["A"] * 70_000)),
         ("200-character AccessionNumber", lambda: fresh_with(tmp, AccessionNumber="1" * 200)),
@@ -216,7 +248,9 @@ def corpus(tmp: Path, seed: int = 12, scale: int = 1) -> list[Mutant]:
     ]
     for name, make in huge:
         out.append(Mutant(name, make()))
-    out.append(Mutant("sequence 60 deep", fresh_with(tmp, ReferencedStudySequence=deep_sequence(60))))
+    out.append(
+        Mutant("sequence 60 deep", fresh_with(tmp, ReferencedStudySequence=deep_sequence(60)))
+    )
     for depth in (500, 5000):
         out.append(Mutant(f"sequence {depth} deep (raw)", fresh() + deep_sequence_bytes(depth)))
     out.extend(preambles(fresh(), rng))
