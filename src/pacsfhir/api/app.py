@@ -13,6 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from pacsfhir import __version__
 from pacsfhir.allocator import tune_for_streaming
 from pacsfhir.api import dicomweb, fhir
+from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
 from pacsfhir.settings import Settings
@@ -20,7 +21,9 @@ from pacsfhir.settings import Settings
 
 def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     """Build the ASGI app. ``archive`` may be passed in (tests); otherwise it is opened
-    from ``settings`` and closed when the app shuts down."""
+    from ``settings`` and closed when the app shuts down. Refuses (ConfigurationError) an
+    authorization mode that is not implemented, and development mode off loopback."""
+    check_auth_mode(settings)
     opened = archive or Archive.open(settings)
 
     @asynccontextmanager
@@ -49,6 +52,9 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["ETag", "Last-Modified", "Location", "Warning", "Content-Location"],
         )
+    if settings.auth == "none":
+        warn_development_mode()
+        app.add_middleware(LoopbackOnly)  # outermost: added last
     app.include_router(fhir.router)
     dicomweb.mount(app)
 

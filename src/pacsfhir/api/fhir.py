@@ -9,11 +9,18 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from sqlalchemy import ColumnElement, select
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pacsfhir.api.responses import FhirResponse, check_format
 from pacsfhir.archive import Archive
-from pacsfhir.errors import NotFound, TooCostly, UnsupportedMediaType
+from pacsfhir.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    TooCostly,
+    UnsupportedMediaType,
+)
 from pacsfhir.index import queries
 from pacsfhir.index.engine import read_connection
 from pacsfhir.index.schema import patient as patient_table
@@ -127,21 +134,40 @@ def _query_pairs(request: Request) -> list[tuple[str, str]]:
     raw = request.url.query
     if len(raw) > MAX_QUERY_BYTES:
         raise TooCostly(f"query string longer than {MAX_QUERY_BYTES} bytes")
-    return parse_qsl(raw, keep_blank_values=True)
+    return _parse_pairs(raw, "query string")
+
+
+def _parse_pairs(text: str, where: str) -> list[tuple[str, str]]:
+    """``a=1&b=2`` into pairs; a percent-escape that is not UTF-8 is 400, not guessed at."""
+    try:
+        return parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{where} holds a percent-escape that is not UTF-8") from exc
 
 
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:
+    """The parameters of a ``POST _search`` body, read no further than ``MAX_QUERY_BYTES``:
+    a longer body is 413 before it is held in memory."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    body = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_QUERY_BYTES:
+        raise PayloadTooLarge(f"form body of {declared} bytes; the limit is {MAX_QUERY_BYTES}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_QUERY_BYTES:
+            raise PayloadTooLarge(f"form body longer than {MAX_QUERY_BYTES} bytes")
     if not body:
         return []
     if content_type != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType(
             "POST _search takes application/x-www-form-urlencoded parameters"
         )
-    if len(body) > MAX_QUERY_BYTES:
-        raise TooCostly(f"form body longer than {MAX_QUERY_BYTES} bytes")
-    return parse_qsl(body.decode("utf-8", errors="strict"), keep_blank_values=True)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"form body is not UTF-8 (byte {exc.start})") from exc
+    return _parse_pairs(text, "form body")
 
 
 def _strict(request: Request) -> bool:
@@ -236,7 +262,7 @@ def search_get(request: Request) -> Response:
 @router.post("/ImagingStudy/_search")
 async def search_post(request: Request) -> Response:
     pairs = _query_pairs(request) + await _form_pairs(request)
-    return _search(request, pairs, "/fhir/ImagingStudy")
+    return await run_in_threadpool(_search, request, pairs, "/fhir/ImagingStudy")
 
 
 @router.get("/Patient/{patient_id}/ImagingStudy")
@@ -249,4 +275,5 @@ def search_compartment(request: Request, patient_id: str) -> Response:
 @router.post("/Patient/{patient_id}/ImagingStudy/_search")
 async def search_compartment_post(request: Request, patient_id: str) -> Response:
     pairs = _query_pairs(request) + await _form_pairs(request)
-    return _search(request, pairs, f"/fhir/Patient/{patient_id}/ImagingStudy", patient_id)
+    base_path = f"/fhir/Patient/{patient_id}/ImagingStudy"
+    return await run_in_threadpool(_search, request, pairs, base_path, patient_id)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from pacsfhir.api.dicomweb_context import is_dicomweb
 from pacsfhir.errors import NotAcceptable, PacsFhirError
@@ -57,27 +59,47 @@ def check_format(request: Request) -> None:
     raise NotAcceptable(f"Accept: {accept} cannot be served; this server speaks {FHIR_JSON}")
 
 
-def outcome_response(status: int, code: str, message: str) -> FhirResponse:
+def outcome_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> FhirResponse:
     severity = "error" if status >= 400 else "information"
-    return FhirResponse(operation_outcome(severity, code, message), status_code=status)
+    outcome = operation_outcome(severity, code, message)
+    return FhirResponse(outcome, status_code=status, headers=headers)
 
 
-def dicomweb_error(status: int, message: str) -> Response:
+# Printable ASCII kept as it is in a header's quoted-string, but for the quote, the
+# backslash (quoted-pair) and the percent sign (the escape itself).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\%')
+
+
+def header_text(message: str, limit: int = 500) -> str:
+    """``message`` as the text of a Warning header (RFC 9110 quoted-string, Latin-1 at
+    most): anything but printable ASCII is percent-encoded as UTF-8, so a reason that
+    quotes a request's non-ASCII or control characters stays readable and encodable."""
+    return quote(message[:limit], safe=_HEADER_SAFE)
+
+
+def dicomweb_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """PS3.18 errors: the status says it; the reason goes in a Warning header and body."""
-    reason = message.replace('"', "'").replace("\r", " ").replace("\n", " ")[:500]
     return Response(
         json.dumps({"status": status, "message": message}),
         status_code=status,
         media_type="application/json",
-        headers={"Warning": f'299 pacsfhir "{reason}"'},
+        headers={**(headers or {}), "Warning": f'299 pacsfhir "{header_text(message)}"'},
     )
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> Response:
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """Render an error once, at the edge: PS3.18-style on DICOMweb routes, else FHIR."""
     if is_dicomweb(request):
-        return dicomweb_error(status, message)
-    return outcome_response(status, code, message)
+        return dicomweb_error(status, message, headers)
+    return outcome_response(status, code, message, headers)
 
 
 async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
@@ -86,9 +108,30 @@ async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, wrong method); their headers (e.g. the ``Allow``
+    of a 405, which RFC 9110 15.5.6 requires) are kept."""
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-    return error_response(request, exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(request, exc.status_code, code, str(exc.detail), headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the
+    first route whose path matches, though GET and POST of one path are often two)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> Response:
