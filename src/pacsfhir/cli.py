@@ -1,4 +1,4 @@
-"""The commands: ingest, serve, demo. Each builds Settings and calls the rest."""
+"""The commands: ingest, check, serve, demo. Each builds Settings and calls the rest."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pacsfhir.dicom.prepare import ParallelPreparer, count_files, files_ahead
-from pacsfhir.dicom.storage import BlobStore
+from pacsfhir.dicom.storage import ORPHAN_GRACE_SECONDS, STAGING_GRACE_SECONDS, BlobStore
 from pacsfhir.errors import ConfigurationError
 from pacsfhir.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     # Not at run time: the index layer (SQLAlchemy) is imported once the ingest workers
     # have started, see run_ingest.
+    from pacsfhir.consistency import ConsistencyReport
     from pacsfhir.dicom.ingest import IngestSummary, Result
 
 app = typer.Typer(help="pacsfhir: the FHIR R4 face of a PACS.", no_args_is_help=True)
@@ -133,6 +134,115 @@ def ingest_command(
     summary = run_ingest(settings, paths, progress=console.is_terminal)
     if strict and summary.counts.get("rejected"):
         raise typer.Exit(1)
+
+
+def _listed(paths: list[str], limit: int = 10) -> str:
+    shown = paths[:limit] + ([f"... and {len(paths) - limit} more"] if len(paths) > limit else [])
+    return "\n".join(f"  {path}" for path in shown)
+
+
+def _print_check(report: ConsistencyReport, repair: bool) -> None:
+    table = Table(title="check", show_header=False)
+    repaired = set(report.repaired)
+    for label, paths, removable in (
+        ("orphan blobs", report.orphan_blobs, True),
+        ("missing blobs", report.missing_blobs, False),
+        ("damaged blobs", report.damaged_blobs, False),
+        ("stale staged files", report.stale_staging, True),
+    ):
+        fixed = sum(1 for p in paths if p in repaired)
+        removed = f" ({fixed} removed)" if repair and removable else ""
+        table.add_row(label, f"{len(paths)}{removed}")
+    console.print(table)
+    for label, paths in (
+        ("orphan blobs (no index row references them)", report.orphan_blobs),
+        ("stale staged files", report.stale_staging),
+    ):
+        left = [p for p in paths if p not in repaired]
+        if left:
+            hint = "younger than --grace: kept" if repair else "--repair removes them"
+            console.print(f"[yellow]{label}, {hint}:[/yellow]\n{_listed(left)}", soft_wrap=True)
+    for label, paths in (
+        ("missing blobs", report.missing_blobs),
+        ("damaged blobs", report.damaged_blobs),
+    ):
+        if paths:
+            console.print(
+                f"[red]{label} (index rows kept):[/red]\n{_listed(paths)}", soft_wrap=True
+            )
+    if report.missing_blobs or report.damaged_blobs:
+        console.print(
+            "Restore these files from a backup, or ingest the original files again "
+            "(pacsfhir ingest puts back a missing or wrong-size blob; for a hash "
+            "mismatch, delete the damaged file first). --repair never deletes index rows."
+        )
+    console.print("[green]clean[/green]" if report.clean else "[red]problems remain[/red]")
+
+
+@app.command("check")
+def check_command(
+    data: DataOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Remove orphan blobs older than --grace and stale staged files; "
+            "never deletes index rows",
+        ),
+    ] = False,
+    verify_hash: Annotated[
+        bool, typer.Option("--verify-hash", help="Also re-hash every blob (reads them all)")
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            help="Seconds: orphans younger than this are reported but not removed "
+            "(a failed writer may be about to remove them itself)",
+        ),
+    ] = ORPHAN_GRACE_SECONDS,
+    staging_grace: Annotated[
+        float,
+        typer.Option(
+            "--staging-grace",
+            help="Seconds: staged files younger than this are uploads in progress, not stale",
+        ),
+    ] = STAGING_GRACE_SECONDS,
+) -> None:
+    """Compare the index with the blobs: orphan blobs, missing or damaged blobs, stale
+    staged files. Safe while a server or an ingest runs: each finding is confirmed under
+    the index's write lock. Exit 0 clean (with --repair: once everything repairable is
+    repaired), 1 problems remain."""
+    settings = _settings(data=data, database_url=database_url, config=config)
+    from sqlalchemy.engine import make_url
+
+    from pacsfhir.consistency import check
+    from pacsfhir.index.engine import create_index_engine, schema_version
+
+    url = settings.index_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        console.print(f"[red]no index at {parsed.database}[/red]")
+        raise typer.Exit(2)
+    engine = create_index_engine(url)
+    try:
+        if schema_version(engine) is None:
+            console.print(f"[red]no pacsfhir index at {parsed.render_as_string()}[/red]")
+            raise typer.Exit(2)
+        report = check(
+            engine,
+            BlobStore(settings.blob_dir),
+            repair=repair,
+            verify_hash=verify_hash,
+            grace=grace,
+            staging_grace=staging_grace,
+        )
+    finally:
+        engine.dispose()
+    _print_check(report, repair)
+    raise typer.Exit(0 if report.clean else 1)
 
 
 def serve(settings: Settings) -> None:

@@ -189,6 +189,23 @@ BAD = [
     "fuzzymatching=yes",
     "StudyDate=20040101&StudyDate=20050101",
     "AccessionNumber=" + "\\".join(["a"] * 101),
+    "limit=\u00b2",  # str.isdigit() says yes
+    "offset=\u00b2",
+    "limit=\uff13",  # a fullwidth 3, which int() reads
+    "StudyDate=\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0662",  # Arabic-Indic digits
+    "StudyTime=\u0661\u0662",
+    "StudyDate=00000101",
+    "StudyDate=99991232",
+    "\u65e5=1",
+    "includefield=\u65e5",
+    "PatientName=" + "x" * 1025,
+    "fuzzymatching=true&PatientName=" + " ".join(["w"] * 33),
+    "fuzzymatching=true&PatientName="
+    + "\\".join(" ".join(f"w{v}{i}" for i in range(11)) for v in range(3)),
+    "&".join(
+        f"{k}=" + "\\".join(f"a{i}" for i in range(100))
+        for k in ("PatientID", "StudyID", "AccessionNumber")
+    ),
 ]
 
 
@@ -263,6 +280,9 @@ ELEMENTS = [
     ("LT", "a\\b", {"vr": "LT", "Value": ["a\\b"]}),
     ("IS", "7", {"vr": "IS", "Value": [7]}),
     ("IS", 12, {"vr": "IS", "Value": [12]}),
+    ("IS", "-3\\+4", {"vr": "IS", "Value": [-3, 4]}),
+    ("IS", "²", {"vr": "IS", "Value": ["²"]}),  # a stored value int() refuses: as text
+    ("IS", "+-5", {"vr": "IS", "Value": ["+-5"]}),
     ("PN", "Doe^John", {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]}),
     (
         "PN",
@@ -322,3 +342,18 @@ def test_result_object() -> None:
     assert "00080005" in everything
     plain = result_object(ST, tags("AccessionNumber"), row, "http://x/dicom-web")
     assert plain == {"00080050": {"vr": "SH", "Value": ["A1"]}}
+
+
+def test_huge_limits_and_offsets_read_as_the_largest_integer() -> None:
+    query = parse("limit=99999999999999999999&offset=99999999999999999999")
+    assert query.limit == MAX_RESULTS
+    assert query.offset == 2**63 - 1
+    assert parse("offset=" + "9" * 5000).offset == 2**63 - 1
+    assert parse("offset=007").offset == 7
+
+
+def test_fuzzy_words_at_the_cap() -> None:
+    query = parse("fuzzymatching=true&PatientName=" + " ".join(["w"] * 32))
+    assert query.fuzzy
+    plain = parse("PatientName=" + " ".join(["w"] * 200))  # one term, whatever its words
+    assert len(plain.matches) == 1

@@ -106,6 +106,11 @@ def test_date_prefixes(prefix_query: str, prefix: str) -> None:
         "started:missing=maybe",
         "_count=-1",
         "_count=ten",
+        "_count=\u00b2",  # str.isdigit() says yes
+        "_count=\u0663",  # int() reads 3
+        "_count=+5",
+        "started=2004-01-19T07:27:30+15:00",  # no such offset
+        "started=0000-01-01",
         "_total=some",
         "_summary=yes",
         "_cursor=bm90IGEgY3Vyc29y",
@@ -175,3 +180,58 @@ def test_split_values_honours_escapes() -> None:
 def test_cursor_round_trip() -> None:
     cursor = Cursor((123, None, "1.2.3"), 42)
     assert decode_cursor(encode_cursor(cursor)) == cursor
+
+
+def test_huge_counts_read_as_the_maximum() -> None:
+    assert parse("_count=99999999999999999999").count == 1000
+    assert parse("_count=" + "9" * 2000).count == 1000
+
+
+_SEARCH_BASE64 = __import__("base64").urlsafe_b64encode
+
+
+def _forged(data: bytes) -> str:
+    return _SEARCH_BASE64(data).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        encode_cursor(Cursor((), 10**20)),
+        encode_cursor(Cursor((), -1)),
+        encode_cursor(Cursor((2**63,), 1)),
+        encode_cursor(Cursor(("x" * 65,), 1)),
+        encode_cursor(Cursor((1, 2, 3, 4), 1)),
+        _forged(b"[" * 1500),
+        _forged(b"[[],true]"),
+        _forged(b"[[false],1]"),
+        _forged(b"[[1.5],1]"),
+        _forged(b'{"a":1}'),
+        _forged(b"[[],1,2]"),
+        "\u65e5",
+    ],
+)
+def test_forged_cursors_are_400(raw: str) -> None:
+    with pytest.raises(InvalidSearchParameter, match="not a cursor this server issued"):
+        decode_cursor(raw)
+
+
+def test_cursors_at_the_edge_of_64_bits_are_ours() -> None:
+    cursor = Cursor((2**63 - 1, -(2**63), "1" * 64), 2**63 - 1)
+    assert decode_cursor(encode_cursor(cursor)) == cursor
+
+
+def test_a_search_takes_at_most_200_values() -> None:
+    values = ",".join(f"v{i}" for i in range(100))
+    assert len(parse(f"_id={values}&identifier={values}").criteria) == 2
+    with pytest.raises(TooCostly, match="200 values"):
+        parse(f"_id={values}&identifier={values}&modality=CT")
+    with pytest.raises(TooCostly, match="200 values"):
+        parse(f"_id={values}&patient.identifier={values}&modality=CT")
+
+
+def test_repeated_sort_keys_count_once() -> None:
+    assert parse("_sort=started,-started,_id,started").sort == (
+        SortKey("started"),
+        SortKey("_id"),
+    )

@@ -26,6 +26,7 @@ from pacsfhir.index import qido
 from pacsfhir.index.engine import read_connection
 from pacsfhir.index.qido import QidoQuery, parse_query
 from pacsfhir.mapping.dicom_json import Level, default_tags, from_index, result_objects
+from pacsfhir.search.limits import shown
 
 router = APIRouter()
 
@@ -61,7 +62,9 @@ def negotiate(accept: str) -> str:
         if media in _ACCEPTED:
             chosen = _ACCEPTED[media]
     if chosen is None:
-        raise NotAcceptable(f"Accept: {accept} cannot be served; search results are {DICOM_JSON}")
+        raise NotAcceptable(
+            f"Accept: {shown(accept)} cannot be served; search results are {DICOM_JSON}"
+        )
     return chosen
 
 

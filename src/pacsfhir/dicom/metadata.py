@@ -12,6 +12,7 @@ when serving, so the stored JSON does not depend on the base URL or patient scop
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -41,11 +42,13 @@ def _element_json(element: DataElement) -> dict[str, Any]:
 def instance_metadata(ds: Dataset, pixel_data_vr: str | None) -> dict[str, Any]:
     """The DICOM JSON object of a dataset read with ``stop_before_pixels``."""
     result: dict[str, Any] = {}
-    for element in ds:
-        if element.tag == 0x00080005:  # the JSON is UTF-8, whatever the file used
-            result["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
-            continue
-        result[f"{element.tag:08X}"] = _element_json(element)
+    with warnings.catch_warnings():  # values are served as stored, oddities and all
+        warnings.simplefilter("ignore")
+        for element in ds:
+            if element.tag == 0x00080005:  # the JSON is UTF-8, whatever the file used
+                result["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+                continue
+            result[f"{element.tag:08X}"] = _element_json(element)
     if pixel_data_vr is not None:
         result[f"{PIXEL_DATA:08X}"] = {
             "vr": pixel_data_vr,

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from pacsfhir.dicom.uids import is_valid_uid
+from pacsfhir.dicom.value_caps import MAX_ITEMS, MAX_VALUES, cut
 from pacsfhir.errors import RejectedInstance
 
 # Transfer syntax of files without file meta information, when pydicom had to guess.
@@ -98,13 +100,30 @@ class InstanceAttributes:
         return str(self.instance["SOPInstanceUID"])
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _kept(keyword: str, value: object) -> str:
+    """One value as the index keeps it: cut to its VR's length (see ``value_caps``)."""
+    return cut(keyword, str(value))
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """``ds.keyword``; a text value left in bytes (VR UN: pydicom keeps a value past 64 KB
+    in an explicit VR file that way) decoded as the text its VR is, values split."""
     value = ds.get(keyword)
+    if not isinstance(value, bytes):
+        return value
+    encodings = convert_encodings(ds._character_set)
+    text = decode_bytes(value, encodings, {0x5C, 0x5E, 0x3D}).rstrip("\0 ")
+    return text.split("\\") if "\\" in text else text
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """The value (values joined by backslashes, the first ``MAX_VALUES``) of ``keyword``."""
+    value = _value(ds, keyword)
     if value is None:
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value).strip()
-    return str(value).strip()
+    if isinstance(value, pydicom.multival.MultiValue | list):
+        return "\\".join(_kept(keyword, v) for v in value[:MAX_VALUES]).strip()
+    return _kept(keyword, str(value).strip()).rstrip()
 
 
 def _person_name(value: object) -> str:
@@ -114,16 +133,17 @@ def _person_name(value: object) -> str:
 
 
 def _names(ds: Dataset, keyword: str) -> list[str]:
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     if value is None or value == "":
         return []
-    values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
-    return [name for name in (_person_name(v) for v in values) if name]
+    values = value if isinstance(value, pydicom.multival.MultiValue | list) else [value]
+    kept = (_person_name(_kept(keyword, v)) for v in values[:MAX_VALUES])
+    return [name for name in kept if name]
 
 
 def _codes(ds: Dataset, keyword: str) -> list[dict[str, str]]:
     codes = []
-    for item in ds.get(keyword) or []:
+    for item in (ds.get(keyword) or [])[:MAX_ITEMS]:
         code = {
             "CodeValue": _text(item, "CodeValue")
             or _text(item, "LongCodeValue")

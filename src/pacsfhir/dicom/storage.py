@@ -23,6 +23,10 @@ from pacsfhir.dicom.uids import is_valid_uid
 
 CHUNK = 1 << 20
 METADATA_SUFFIX = ".json"
+# A staged file younger than this may belong to an upload or ingest in progress.
+STAGING_GRACE_SECONDS = 3600.0
+# An unreferenced blob younger than this may be a writer's own, about to be removed by it.
+ORPHAN_GRACE_SECONDS = 300.0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
@@ -43,7 +47,7 @@ class BlobStore:
     def ensure(self) -> None:
         self.incoming.mkdir(parents=True, exist_ok=True)
 
-    def sweep_incoming(self, older_than: float = 3600.0) -> int:
+    def sweep_incoming(self, older_than: float = STAGING_GRACE_SECONDS) -> int:
         """Remove staged files left by a crash (old enough that no writer still owns them)."""
         removed = 0
         cutoff = time.time() - older_than
@@ -110,6 +114,13 @@ class BlobStore:
         with open(self.root / (relative + METADATA_SUFFIX), "rb") as source:
             return source.read()
 
+    def size_of(self, relative: str) -> int | None:
+        """The blob's size, or None when it is not there."""
+        try:
+            return os.stat(self.root / relative).st_size
+        except FileNotFoundError:
+            return None
+
     def discard(self, staged_path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged_path)
@@ -119,6 +130,53 @@ class BlobStore:
         for path in (self.root / relative, self.root / (relative + METADATA_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def remove(self, relative: str) -> None:
+        """Remove one file under the root (a blob, a metadata file, a staged file)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / relative)
+
+    def prune_dirs(self, relative: str) -> None:
+        """Remove the folders above ``relative`` that are now empty (series, then study).
+        Only under the index's write lock: blobs are placed only under it."""
+        folder = (self.root / relative).parent
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or already gone
+                return
+            folder = folder.parent
+
+    def files(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every file under the root except staging: (path relative to the root, stat)."""
+        pending = [self.root]
+        while pending:
+            folder = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.path != str(self.incoming):
+                            pending.append(Path(entry.path))
+                    else:
+                        yield os.path.relpath(entry.path, self.root), entry.stat()
+                except FileNotFoundError:
+                    continue
+
+    def staged_files(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every file in staging: (path relative to the root, stat)."""
+        try:
+            entries = list(os.scandir(self.incoming))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                yield os.path.relpath(entry.path, self.root), entry.stat()
+            except FileNotFoundError:
+                continue
 
     def sync(self) -> None:
         """Flush every file and directory entry written so far to stable storage."""

@@ -33,26 +33,31 @@ from sqlalchemy import (
 )
 
 from pacsfhir.dicom.uids import is_valid_uid
-from pacsfhir.errors import BadRequest
+from pacsfhir.errors import BadRequest, TooCostly
 from pacsfhir.index.counts import CountCache
 from pacsfhir.index.dicomweb import Scope
 from pacsfhir.index.schema import instance, patient, series, study
 from pacsfhir.mapping.dicom_json import Level, attribute_level, keyword_of, tag_of, vr_of
 from pacsfhir.mapping.names import normalise
+from pacsfhir.search.limits import MAX_WORDS, non_negative_integer, shown
 
 Clause = ColumnElement[bool]
 
 MAX_RESULTS = 10_000  # the most results one response carries (PS3.18 8.3.4.4.1 maxResults)
 MAX_VALUES = 100  # values in one list match
+MAX_QUERY_VALUES = 200  # over all the keys of a query (SQL terms: see search.parse)
+MAX_VALUE_LENGTH = 1024  # characters in one value (longer than any value the index keeps)
 _RESERVED = frozenset({"includefield", "fuzzymatching", "limit", "offset", "accept", "charset"})
 _SINGLE = frozenset({"fuzzymatching", "limit", "offset"})
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _KEYWORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
-_DA = re.compile(r"\d{8}")
-_INTEGER = re.compile(r"[+-]?\d{1,12}")
-_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.\d{1,6})?)?)?")
+# re.ASCII: a digit is 0-9 (``\d`` alone also takes "٣", which int() reads as 3)
+_DA = re.compile(r"\d{8}", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d{1,12}", re.ASCII)
+_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.\d{1,6})?)?)?", re.ASCII)
 _DT = re.compile(
-    r"(\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?)([+-]\d{4})?"
+    r"(\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?)([+-]\d{4})?",
+    re.ASCII,
 )
 _TM_TOP = "235959.999999"  # a partial time's upper bound: itself + the rest of this
 _DT_TOP = "99991231235959.999999"
@@ -153,50 +158,44 @@ def parse_attribute(text: str) -> int:
     head = text.split(".")[0]
     for part in text.split("."):
         if not (_TAG.fullmatch(part) or _KEYWORD.fullmatch(part)):
-            raise BadRequest(f"{text!r} is not a DICOM keyword or tag")
+            raise BadRequest(f"{shown(text)} is not a DICOM keyword or tag")
     if _TAG.fullmatch(head):
         return int(head, 16)
     try:
         return tag_of(head)
     except KeyError:
-        raise BadRequest(f"{head!r} is not a DICOM keyword") from None
-
-
-def _uint(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise BadRequest(f"{name}={value!r}: expected an unsigned integer")
-    return int(value)
+        raise BadRequest(f"{shown(head)} is not a DICOM keyword") from None
 
 
 def _check_date(value: str, key: str) -> str:
     if not _DA.fullmatch(value):
-        raise BadRequest(f"{key}={value!r}: a date is YYYYMMDD")
+        raise BadRequest(f"{key}={shown(value)}: a date is YYYYMMDD")
     try:
         datetime.date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError:
-        raise BadRequest(f"{key}={value!r}: no such date") from None
+        raise BadRequest(f"{key}={shown(value)}: no such date") from None
     return value
 
 
 def _check_time(value: str, key: str) -> str:
     found = _TM.fullmatch(value)
     if not found:
-        raise BadRequest(f"{key}={value!r}: a time is HH[MM[SS[.FFFFFF]]]")
+        raise BadRequest(f"{key}={shown(value)}: a time is HH[MM[SS[.FFFFFF]]]")
     hours, minutes, seconds = (int(g) if g else 0 for g in found.groups())
     if hours > 23 or minutes > 59 or seconds > 60:
-        raise BadRequest(f"{key}={value!r}: no such time")
+        raise BadRequest(f"{key}={shown(value)}: no such time")
     return value
 
 
 def _check_datetime(value: str, key: str) -> str:
     found = _DT.fullmatch(value)
     if not found:
-        raise BadRequest(f"{key}={value!r}: a datetime is YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]")
+        raise BadRequest(f"{key}={shown(value)}: a datetime is YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]")
     moment = found.group(1)
     if len(moment) >= 8:
         _check_date(moment[:8], key)
     elif len(moment) == 6 and not 1 <= int(moment[4:6]) <= 12:
-        raise BadRequest(f"{key}={value!r}: no such month")
+        raise BadRequest(f"{key}={shown(value)}: no such month")
     if len(moment) > 8:
         _check_time(moment[8:], key)
     return moment  # the offset from UTC is not used: stored values are local times
@@ -209,7 +208,7 @@ def _split_range(value: str, vr: str, key: str) -> tuple[str, str] | None:
             return None
         low, _, high = value.partition("-")
         if "-" in high:
-            raise BadRequest(f"{key}={value!r}: a range has one '-'")
+            raise BadRequest(f"{key}={shown(value)}: a range has one '-'")
         return low, high
     candidates = []
     for position, char in enumerate(value):
@@ -221,7 +220,7 @@ def _split_range(value: str, vr: str, key: str) -> tuple[str, str] | None:
     if _DT.fullmatch(value):
         return None  # a single value with a negative offset from UTC
     if len(candidates) != 1:
-        raise BadRequest(f"{key}={value!r}: not a datetime or datetime range")
+        raise BadRequest(f"{key}={shown(value)}: not a datetime or datetime range")
     return candidates[0]
 
 
@@ -237,28 +236,30 @@ def _temporal(keyword: str, vr: str, value: str, key: str) -> Match:
     low = check(bounds[0], key) if bounds[0] else None
     high = check(bounds[1], key) if bounds[1] else None
     if low is None and high is None:
-        raise BadRequest(f"{key}={value!r}: a range needs a start or an end")
+        raise BadRequest(f"{key}={shown(value)}: a range needs a start or an end")
     if high is not None:
         high += top[len(high) :]
     if low is not None and high is not None and low > high:
-        raise BadRequest(f"{key}={value!r}: the range ends before it starts")
+        raise BadRequest(f"{key}={shown(value)}: the range ends before it starts")
     return RangeMatch(keyword, vr, low, high)
 
 
 def _values(vr: str, value: str, key: str) -> tuple[str, ...]:
     parts = re.split(r"[\\,]", value) if vr in _LIST_BY_COMMA else value.split("\\")
     if len(parts) > MAX_VALUES:
-        raise BadRequest(f"{key}: more than {MAX_VALUES} values")
+        raise TooCostly(f"{key}: more than {MAX_VALUES} values")
+    if any(len(p) > MAX_VALUE_LENGTH for p in parts):
+        raise TooCostly(f"{key}: a value longer than {MAX_VALUE_LENGTH} characters")
     if vr == "UI":
         for uid in parts:
             if not is_valid_uid(uid):
-                raise BadRequest(f"{key}={value!r}: {uid!r} is not a valid UID")
+                raise BadRequest(f"{key}={shown(value)}: {shown(uid)} is not a valid UID")
     elif vr == "IS":
         if not all(_INTEGER.fullmatch(p.strip()) for p in parts):
-            raise BadRequest(f"{key}={value!r}: expected integers")
+            raise BadRequest(f"{key}={shown(value)}: expected integers")
         parts = [str(int(p)) for p in parts]
     elif vr not in _WILDCARD_VRS and any(c in value for c in "*?"):
-        raise BadRequest(f"{key}={value!r}: wildcards are not allowed for VR {vr}")
+        raise BadRequest(f"{key}={shown(value)}: wildcards are not allowed for VR {vr}")
     return tuple(dict.fromkeys(parts))
 
 
@@ -269,7 +270,7 @@ def parse_match(keyword: str, vr: str, value: str, key: str | None = None) -> Ma
         return None
     if vr in ("DA", "TM", "DT"):
         if "\\" in value or "," in value:
-            raise BadRequest(f"{key}={value!r}: one date, time or range only")
+            raise BadRequest(f"{key}={shown(value)}: one date, time or range only")
         return _temporal(keyword, vr, value, key)
     return ValueMatch(keyword, vr, _values(vr, value, key))
 
@@ -322,6 +323,17 @@ def _key_match(
     return match, True, False
 
 
+def _check_fuzzy_words(matches: Sequence[Match]) -> None:
+    """Fuzzy matching makes one SQL term per word: a bounded number of them."""
+    for match in matches:
+        if isinstance(match, ValueMatch) and match.vr == "PN":
+            words = sum(len(_words(v)) for v in match.values)
+            if words > MAX_WORDS:
+                raise TooCostly(
+                    f"{match.keyword}: fuzzy matching takes at most {MAX_WORDS} words, not {words}"
+                )
+
+
 def parse_query(
     level: Level,
     pairs: Sequence[tuple[str, str]],
@@ -332,7 +344,7 @@ def parse_query(
     study (and series) of the request path. Malformed input raises ``BadRequest``."""
     for name, uid in (("study", study_uid), ("series", series_uid)):
         if uid is not None and not is_valid_uid(uid):
-            raise BadRequest(f"{uid!r} in the path is not a valid {name} UID")
+            raise BadRequest(f"{shown(uid)} in the path is not a valid {name} UID")
     keys, options, include_values = _split_pairs(pairs)
     matches: list[Match] = []
     returned: set[int] = set()
@@ -349,8 +361,13 @@ def parse_query(
     includes = frozenset(t for t in includes | returned if attribute_level(t) <= level)
     fuzzy = options.get("fuzzymatching", "false").lower()
     if fuzzy not in ("true", "false"):
-        raise BadRequest(f"fuzzymatching={fuzzy!r}: expected true or false")
-    limit = _uint("limit", options["limit"]) if "limit" in options else MAX_RESULTS
+        raise BadRequest(f"fuzzymatching={shown(fuzzy)}: expected true or false")
+    total = sum(len(m.values) for m in matches if isinstance(m, ValueMatch))
+    if total > MAX_QUERY_VALUES:
+        raise TooCostly(f"more than {MAX_QUERY_VALUES} values in one query")
+    if fuzzy == "true":
+        _check_fuzzy_words(matches)
+    limit = non_negative_integer("limit", options["limit"]) if "limit" in options else MAX_RESULTS
     return QidoQuery(
         level=level,
         study_uid=study_uid,
@@ -360,7 +377,7 @@ def parse_query(
         include_all=include_all,
         fuzzy=fuzzy == "true",
         limit=min(limit, MAX_RESULTS),
-        offset=_uint("offset", options["offset"]) if "offset" in options else 0,
+        offset=non_negative_integer("offset", options["offset"]) if "offset" in options else 0,
         ignored=tuple(ignored),
     )
 

@@ -4,16 +4,20 @@ columns (counts, modalities, search keys, versions) correct as instances arrive.
 Policy for study- and series-level attributes: the newest instance written wins (its
 values replace what the index held), and every study a batch touches gets a new
 version. A known SOP Instance UID with different content replaces the old instance.
+
+Writers run one at a time: each write transaction starts with ``lock_index``, so that
+what it looks up is still true when it commits (two writers of one instance, study or
+patient would otherwise both insert it, and one would fail on the unique key).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 
 from pacsfhir.dicom.reader import InstanceAttributes
 from pacsfhir.index.counts import advance_generation
@@ -24,6 +28,10 @@ from pacsfhir.mapping.ids import issuer_display, issuer_system, patient_resource
 from pacsfhir.mapping.names import name_search_keys
 
 _CHUNK = 500  # values per IN (...) list
+# PostgreSQL advisory lock of the index's writers: this namespace ("pacs") and a hash of
+# the schema, so that archives in different schemas of one database do not wait on
+# each other.
+WRITE_LOCK_NAMESPACE = 0x70616373
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,24 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + _CHUNK]
 
 
+def lock_index(conn: Connection) -> None:
+    """Take the index's write lock until this transaction ends; the transaction's first
+    statement. It waits for the writer holding it (SQLite up to its busy timeout), and
+    every statement after it sees all that writers committed before.
+
+    SQLite: ``BEGIN IMMEDIATE``, the database's write lock taken up front (a deferred
+    transaction that has read cannot always upgrade; readers go on under WAL).
+    PostgreSQL: a transaction-level advisory lock; readers take no part in it.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(current_schema()))"),
+            {"namespace": WRITE_LOCK_NAMESPACE},
+        )
+
+
 def existing_instances(conn: Connection, sop_uids: Sequence[str]) -> dict[str, ExistingInstance]:
     found: dict[str, ExistingInstance] = {}
     for chunk in _chunks(sorted(set(sop_uids))):
@@ -56,6 +82,14 @@ def existing_instances(conn: Connection, sop_uids: Sequence[str]) -> dict[str, E
         for uid, sha, blob in rows:
             found[uid] = ExistingInstance(sha, blob)
     return found
+
+
+def instance_blobs(conn: Connection) -> Iterator[tuple[str, str, int, str]]:
+    """(SOP Instance UID, blob, size, sha256) of every indexed instance, streamed."""
+    rows = conn.execution_options(yield_per=10_000).execute(
+        select(instance.c.SOPInstanceUID, instance.c.blob, instance.c.size, instance.c.sha256)
+    )
+    yield from rows
 
 
 def _pks_by_key(conn: Connection, column: Any, keys: Sequence[str]) -> dict[str, int]:

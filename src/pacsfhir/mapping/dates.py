@@ -1,5 +1,10 @@
 """DICOM DA/TM/offset -> FHIR dateTime with honest precision, and the implicit range of a
-FHIR date/dateTime/instant (for search), all in microseconds since the epoch (UTC)."""
+FHIR date/dateTime/instant (for search), all in microseconds since the epoch (UTC).
+
+Ranges are computed in integer microseconds, never by ``datetime`` arithmetic: a date at
+the edge of the calendar with an offset from UTC (``9999-12-31T23:00:00-14:00`` is in
+year 10000 in UTC) has an exact range there, which ``datetime`` cannot hold. Digits are
+ASCII digits only (``re.ASCII``: ``\\d`` would take "٣")."""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-_DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
-_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?")
-_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})")
+_DA = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
+_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?", re.ASCII)
+_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})", re.ASCII)
 _FHIR = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})"
-    r"(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,
 )
 
 US_PER_SECOND = 1_000_000
@@ -80,6 +86,18 @@ def dicom_datetime(date: str, time: str, offset: str, default_offset: str = "") 
     return text + ("Z" if zone in ("+00:00", "-00:00") else zone)
 
 
+def _zone_micros(zone: str | None) -> int | None:
+    """A zone (``Z``, ``+hh:mm``, ``-hh:mm``; hours up to 14, as ``dicom_datetime``
+    takes them) in microseconds east of UTC; None when it is not one."""
+    if not zone or zone == "Z":
+        return 0
+    hours, minutes = int(zone[1:3]), int(zone[4:6])
+    if hours > 14 or minutes > 59:
+        return None
+    sign = 1 if zone[0] == "+" else -1
+    return sign * (hours * 3600 + minutes * 60) * US_PER_SECOND
+
+
 def fhir_period(value: str) -> Period | None:
     """The implicit range of a FHIR date, dateTime or instant (dates without a zone are
     taken as UTC days)."""
@@ -88,7 +106,7 @@ def fhir_period(value: str) -> Period | None:
         return None
     year, month, day, hh, mm, ss, frac, zone = match.groups()
     try:
-        start = datetime(
+        local = datetime(
             int(year),
             int(month or 1),
             int(day or 1),
@@ -100,9 +118,9 @@ def fhir_period(value: str) -> Period | None:
         )
     except ValueError:
         return None
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    east = _zone_micros(zone)
+    if east is None:
+        return None
     if frac:
         step = timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6))))
     elif ss:
@@ -115,5 +133,5 @@ def fhir_period(value: str) -> Period | None:
         step = timedelta(days=calendar.monthrange(int(year), int(month))[1])
     else:
         step = timedelta(days=366 if calendar.isleap(int(year)) else 365)
-    low = to_micros(start)
+    low = to_micros(local) - east
     return Period(low, low + step // timedelta(microseconds=1) - 1)

@@ -17,11 +17,14 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # IS as stored: "²" is text, not 2
 
 
 class Level(enum.IntEnum):
@@ -197,7 +200,7 @@ def _values(vr: str, value: Any) -> list[Any]:
     if vr == "PN":
         return [_person_name(v) for v in items]
     if vr == "IS":
-        return [int(v) if v.strip().lstrip("+-").isdigit() else v for v in items]
+        return [int(v) if _INTEGER.fullmatch(v.strip()) else v for v in items]
     return items
 
 

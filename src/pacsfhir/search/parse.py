@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pacsfhir.errors import InvalidSearchParameter, TooCostly, UnknownSearchParameter
 from pacsfhir.mapping.dates import fhir_period
+from pacsfhir.search.limits import is_int64, non_negative_integer, shown
 from pacsfhir.search.model import (
     Criterion,
     Cursor,
@@ -114,7 +115,10 @@ INCLUDES = {
 }
 
 MAX_PARAMETERS = 64
-MAX_VALUES = 100
+MAX_VALUES = 100  # in one parameter
+# in one search, over all its parameters: each value is an SQL term, and SQLite's planner
+# spends time quadratic in the terms of a conjunction of disjunctions (docs/conformance.md)
+MAX_SEARCH_VALUES = 200
 MAX_VALUE_LENGTH = 2048
 
 _ESCAPED_SPLIT = re.compile(r"(?<!\\),")
@@ -143,7 +147,7 @@ def parse_date(raw: str) -> DateValue:
     text = raw[2:] if raw[:2] in DATE_PREFIXES else raw
     period = fhir_period(text)
     if period is None:
-        raise InvalidSearchParameter(f"{raw!r} is not a FHIR date, dateTime or instant")
+        raise InvalidSearchParameter(f"{shown(raw)} is not a FHIR date, dateTime or instant")
     return DateValue(prefix, period.low, period.high)
 
 
@@ -161,13 +165,13 @@ def parse_reference(raw: str, type_hint: str, targets: Sequence[str], fhir_base:
     elif len(parts) == 1:
         resource_type, resource_id = type_hint or None, parts[0]
     else:
-        raise InvalidSearchParameter(f"{raw!r} is not a reference")
+        raise InvalidSearchParameter(f"{shown(raw)} is not a reference")
     if resource_type is not None and resource_type not in targets:
         raise InvalidSearchParameter(
-            f"{raw!r}: a {resource_type} cannot be the target here ({', '.join(targets)})"
+            f"{shown(raw)}: a {resource_type} cannot be the target here ({', '.join(targets)})"
         )
     if not _ID.fullmatch(resource_id):
-        raise InvalidSearchParameter(f"{raw!r}: {resource_id!r} is not a FHIR id")
+        raise InvalidSearchParameter(f"{shown(raw)}: {shown(resource_id)} is not a FHIR id")
     return Reference(resource_type, resource_id)
 
 
@@ -250,23 +254,34 @@ def encode_cursor(cursor: Cursor) -> str:
     return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
 
 
+_CURSOR_TEXT = 64  # the longest sort value a cursor holds: a Study Instance UID
+
+
+def _cursor_value_ok(value: object) -> bool:
+    if isinstance(value, str):
+        return len(value) <= _CURSOR_TEXT
+    return value is None or is_int64(value)
+
+
 def decode_cursor(raw: str) -> Cursor:
+    """A cursor ``encode_cursor`` made: ``[[sort values...], pk]``, every integer within
+    64 bits (what the index can compare), every text the length of a UID at most.
+    Anything else (forged, corrupted, nested until json recurses too deep) is a 400."""
     try:
         data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        values, pk = data
-        if not isinstance(pk, int) or not isinstance(values, list):
-            raise ValueError
-        if not all(v is None or isinstance(v, int | str) for v in values):
-            raise ValueError
-        return Cursor(tuple(values), pk)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidSearchParameter("_cursor: not a cursor this server issued") from exc
-
-
-def _int(name: str, raw: str) -> int:
-    if not raw.isdigit():
-        raise InvalidSearchParameter(f"{name} must be a non-negative integer, not {raw!r}")
-    return int(raw)
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], list)):
+        raise InvalidSearchParameter("_cursor: not a cursor this server issued")
+    values, pk = data
+    if not (
+        is_int64(pk)
+        and pk >= 0
+        and len(values) <= len(SORTABLE)
+        and all(_cursor_value_ok(v) for v in values)
+    ):
+        raise InvalidSearchParameter("_cursor: not a cursor this server issued")
+    return Cursor(tuple(values), pk)
 
 
 def parse_search(
@@ -289,12 +304,13 @@ def parse_search(
     elements: list[str] = []
     includes: list[str] = []
     cursor: Cursor | None = None
+    values = 0
     for key, raw in pairs:
         if len(raw) > MAX_VALUE_LENGTH:
             raise TooCostly(f"{key}: value longer than {MAX_VALUE_LENGTH} characters")
         if key in CONTROL_PARAMS:
             if key == "_count":
-                count = min(_int(key, raw), max_count)
+                count = min(non_negative_integer(key, raw), max_count)
             elif key == "_sort":
                 sort = []
                 for field_name in raw.split(","):
@@ -302,6 +318,8 @@ def parse_search(
                     if bare not in SORTABLE:
                         reject.unknown(f"_sort={field_name}", "not a sortable parameter")
                         continue
+                    if any(k.param == bare for k in sort):
+                        continue  # a second key on the same parameter orders nothing
                     sort.append(SortKey(bare, field_name.startswith("-")))
                 raw = ",".join(("-" if s.descending else "") + s.param for s in sort)
                 if not raw:
@@ -333,6 +351,9 @@ def parse_search(
         if criterion is not None:
             criteria.append(criterion)
             used.append((key, raw))
+            values += len(criterion.chain.values if criterion.chain else criterion.values)
+            if values > MAX_SEARCH_VALUES:
+                raise TooCostly(f"more than {MAX_SEARCH_VALUES} values in one search")
     return SearchRequest(
         criteria=tuple(criteria),
         sort=tuple(sort),
