@@ -19,10 +19,17 @@ from fastapi.testclient import TestClient
 
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
+from pacsfhir.consistency import check as consistency_check
 from pacsfhir.dicom.ingest import Outcome, Result, ingest
-from tests.fuzz.invariants import LEDGER, ExceptionRecorder, Finding, examples, problems
+from tests.fuzz.invariants import (
+    LEDGER,
+    ExceptionRecorder,
+    Finding,
+    describe_exception,
+    examples,
+    problems,
+)
 from tests.support import mutate
-from tests.support.consistency import check as consistency_check
 
 # pydicom warns about the invalid values these files and requests carry; a server runs
 # with warnings as warnings, so the suite does too (not as the errors the rest of the
@@ -108,7 +115,8 @@ def check_stored(
 
 
 def check_consistent(archive: Archive) -> list[str]:
-    report = consistency_check(archive.engine, archive.blobs, verify_hash=True)
+    # staging_grace=0: nothing is in flight now, so any staged file is a leftover
+    report = consistency_check(archive.engine, archive.blobs, verify_hash=True, staging_grace=0.0)
     return [] if report.clean else [f"index and blobs disagree: {report}"]
 
 
@@ -126,8 +134,13 @@ def test_ingest_stores_or_rejects_each_mutated_file(
         path.write_bytes(mutant.data)
         names[str(path)] = mutant
     results: list[Result] = []
-    ingest([str(folder)], archive.engine, archive.blobs, workers=1, on_result=results.append)
     LEDGER.files += len(mutants)
+    try:
+        ingest([str(folder)], archive.engine, archive.blobs, workers=1, on_result=results.append)
+    except Exception as exc:  # the invariant: nothing escapes ingest
+        cause = describe_exception(exc)
+        LEDGER.add(Finding("file", "ingest", "exception escaped ingest", cause, cause))
+        pytest.fail(f"an exception escaped ingest: {cause}")
     bad: list[str] = []
     seen = {r.source for r in results}
     bad += [f"no result for {names[p].name}" for p in names if p not in seen]

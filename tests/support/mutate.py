@@ -46,7 +46,13 @@ LONG_VRS = {
 }
 WRONG_VRS = [b"SQ", b"UN", b"OB", b"US", b"FD", b"AT", b"XX", b"\x00\x00", b"UT", b"DA", b"PN"]
 CHARSETS = ["ISO_IR 999", "ISO 2022 IR 87", "\\ISO 2022 IR 149", "GB18030", "ISO_IR 192", ""]
-UNDECODABLE = [b"\xff\xfe\xfd\x80", b"\x1b$B\xff\xff", b"\xc3\x28\xa0\xa1", b"\x00\x00\x00\x00"]
+UNDECODABLE = [
+    b"\xff\xfe\xfd\x80",
+    b"\x1b$B\xff\xff",
+    b"\xc3\x28\xa0\xa1",
+    b"\x00\x00\x00\x00",
+    b"AB\x00CD\x00EF",  # NUL inside a value (PostgreSQL text refuses it)
+]
 PLACEHOLDER = "QQQQZZZZ"  # found once in the written file, replaced by raw bytes
 
 
@@ -147,7 +153,10 @@ def odd_length(data: bytes, rng: random.Random) -> tuple[str, bytes]:
 
 
 def with_raw_value(template: Path, tmp: Path, raw: bytes, **attributes: object) -> bytes:
-    """A variant whose PatientName holds ``raw`` bytes exactly (undecodable on purpose)."""
+    """A variant whose PatientName holds ``raw`` bytes exactly (undecodable on purpose),
+    of a patient of its own (so no other file's name for that patient replaces it in an
+    ingest batch)."""
+    attributes.setdefault("PatientID", "RAW-" + new_uid()[-12:])
     data = variant(template, tmp, PatientName=PLACEHOLDER, **attributes)
     padded = raw + b" " * (len(PLACEHOLDER) - len(raw))
     assert data.count(PLACEHOLDER.encode()) == 1
