@@ -28,6 +28,7 @@ from tests.fuzz.invariants import LEDGER, ExceptionRecorder
 from tests.fuzz.strategies import Chain, Context, Ids
 from tests.support.mutate import SMALL
 
+# The backends the route fuzz runs on (the requests run on both, always).
 BACKENDS = [
     b.strip() for b in os.environ.get("PACSFHIR_FUZZ_BACKENDS", "sqlite").split(",") if b.strip()
 ]
@@ -115,14 +116,15 @@ def chains(archive: Archive, limit: int = 12) -> Ids:
     return ids
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="session")
 def fuzz_archive(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     postgres_problem: str | None,
 ) -> Iterator[Archive]:
-    tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    for url in _database_url(str(request.param), tmp, postgres_problem):
+    backend = str(getattr(request, "param", "sqlite"))
+    tmp = tmp_path_factory.mktemp(f"fuzz-{backend}")
+    for url in _database_url(backend, tmp, postgres_problem):
         opened = Archive.open(make_settings(tmp, url))
         ingest(sample_paths()[:2], opened.engine, opened.blobs, workers=1)
         try:
