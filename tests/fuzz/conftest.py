@@ -2,8 +2,9 @@
 the shared read-only ``sample_archive``: STOW may store), served in-process by default
 (TestClient, a 500 seen as a response, its exception recorded), or by a real
 ``pacsfhir serve`` subprocess when ``PACSFHIR_FUZZ_SERVER=subprocess`` (``make fuzz``:
-the server's peak RSS is then its own). ``PACSFHIR_FUZZ_BACKENDS=sqlite,postgresql``
-fuzzes each backend (SQLite only by default)."""
+the server's peak RSS is then its own). The routes are fuzzed on each backend of
+``PACSFHIR_FUZZ_BACKENDS`` (default ``sqlite,postgresql``; PostgreSQL with a third of the
+examples unless ``make fuzz``)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ from tests.support.mutate import SMALL
 
 # The backends the route fuzz runs on (the issue's requests run on both, always).
 BACKENDS = [
-    b.strip() for b in os.environ.get("PACSFHIR_FUZZ_BACKENDS", "sqlite").split(",") if b.strip()
+    b.strip()
+    for b in os.environ.get("PACSFHIR_FUZZ_BACKENDS", "sqlite,postgresql").split(",")
+    if b.strip()
 ]
 SUBPROCESS = os.environ.get("PACSFHIR_FUZZ_SERVER", "") == "subprocess"
 
