@@ -80,8 +80,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_render_pixels",
         int,
-        50_000_000,
-        "Largest frame (rows x columns) or viewport rendered as JPEG/PNG; 413 beyond",
+        40_000_000,
+        "Largest frame or viewport rendered (rows x columns x samples per pixel), "
+        "shared by renders running at once; 413 beyond",
     ),
     Setting(
         "cors_origins",
@@ -110,7 +111,7 @@ class Settings:
     max_count: int = 1000
     max_upload_mb: int = 16384
     max_part_mb: int = 4096
-    max_render_pixels: int = 50_000_000
+    max_render_pixels: int = 40_000_000
     cors_origins: str = ""
 
     @property

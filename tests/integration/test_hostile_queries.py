@@ -309,7 +309,7 @@ def test_a_search_at_the_caps_runs(client: TestClient, url: str) -> None:
         ("/fhir/ImagingStudy?%E6%97%A5=1", 200),
         ("/fhir/ImagingStudy?patient.%E6%97%A5=1", 200),
         ("/fhir/ImagingStudy?modality:%E6%97%A5=CT", 200),
-        ("/fhir/ImagingStudy?%FF=1", 200),
+        ("/fhir/ImagingStudy?%FF=1", 400),  # not UTF-8: malformed, not merely unknown
         ("/dicom-web/studies?%E6%97%A5=1", 400),
         ("/dicom-web/studies?%FF=1", 400),
         ("/dicom-web/studies?PatientName.%E6%97%A5=1", 400),

@@ -3,8 +3,14 @@ bodies for the edge cases (partial failure, study mismatch, patient scope, bad b
 
 from __future__ import annotations
 
+import http.client
+import select as io_select
+import socket
+import statistics
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +40,11 @@ def client(archive: Archive) -> Iterator[TestClient]:
 
 def multipart(parts: list[tuple[str, bytes]], boundary: str | None = None) -> tuple[str, bytes]:
     boundary = boundary or uuid.uuid4().hex
-    body = b""
-    for content_type, data in parts:
-        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
+    pieces = [
+        f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+        for content_type, data in parts
+    ]
+    body = b"".join([*pieces, f"--{boundary}--\r\n".encode()])
     return f'multipart/related; type="application/dicom"; boundary={boundary}', body
 
 
@@ -195,3 +202,213 @@ def test_unacceptable_response_type_is_406(client: TestClient) -> None:
         headers={"Content-Type": content_type, "Accept": "application/dicom+xml"},
     )
     assert response.status_code == 406
+
+
+def _time_metadata(base_url: str, stop: threading.Event, times: list[float]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as other:
+        while not stop.is_set():
+            started = time.perf_counter()
+            assert other.get("/fhir/metadata").status_code == 200
+            times.append(time.perf_counter() - started)
+            time.sleep(0.01)
+
+
+def test_many_tiny_parts_do_not_stall_other_requests(archive: Archive) -> None:
+    content_type, body = multipart([("application/dicom", b"x")] * 10_000)
+    times: list[float] = []
+    stop = threading.Event()
+    with LiveServer(archive) as server:
+        timer = threading.Thread(target=_time_metadata, args=(server.base_url, stop, times))
+        timer.start()
+        try:
+            response = httpx.post(
+                f"{server.base_url}/dicom-web/studies",
+                content=body,
+                headers={"Content-Type": content_type},
+                timeout=120,
+            )
+        finally:
+            stop.set()
+            timer.join()
+    assert response.status_code == 409, response.text
+    assert len(sequence(response.json(), "00081198")) == 10_000
+    assert staged_files(archive) == []
+    print(
+        f"metadata during the upload: {len(times)} requests, "
+        f"p50 {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+    )
+    assert max(times) < 1.0
+
+
+def _chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def send_until_answered(
+    server: LiveServer, headers: dict[str, str], chunks: Iterable[bytes]
+) -> tuple[int, str, int]:
+    """POST /dicom-web/studies over a raw socket: the head, then body chunks for as long as
+    the server has not answered. Returns the status, the Warning and the bytes sent."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+        for chunk in chunks:
+            if io_select.select([sock], [], [], 0)[0]:
+                break  # the server has answered (or closed)
+            try:
+                sock.sendall(chunk)
+            except OSError:  # reset after the server answered and closed
+                break
+            sent += len(chunk)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.getheader("warning") or "", sent
+
+
+MIB = 1 << 20
+
+
+def test_declared_length_over_the_limit_is_413_before_reading(archive: Archive) -> None:
+    content_type, _ = multipart([])
+    with LiveServer(archive, max_upload_mb=1) as server:
+        status, warning, _ = send_until_answered(
+            server, {"Content-Type": content_type, "Content-Length": str(MIB + 1)}, []
+        )  # no byte of the body is sent: the answer must not wait for it
+    assert status == 413
+    assert "max_upload_mb" in warning
+    assert "PACSFHIR_MAX_UPLOAD_MB" in warning
+    assert staged_files(archive) == []
+
+
+def test_a_streamed_body_past_the_limit_stops_being_read(archive: Archive) -> None:
+    """Small parts, chunked (no Content-Length): reading stops once 1 MiB has come."""
+    content_type, body = multipart([("application/dicom", b"x" * 100_000)] * 640)
+    pieces = (_chunked(body[i : i + 64 * 1024]) for i in range(0, len(body), 64 * 1024))
+    with LiveServer(archive, max_upload_mb=1) as server:
+        status, warning, sent = send_until_answered(
+            server, {"Content-Type": content_type, "Transfer-Encoding": "chunked"}, pieces
+        )
+        assert status == 413
+        assert "max_upload_mb" in warning
+        assert sent < len(body) // 2  # 64 MB offered; the server stopped reading long before
+        assert httpx.get(f"{server.base_url}/fhir/metadata").status_code == 200
+    assert staged_files(archive) == []
+    assert instance_count(archive) == 0
+
+
+def test_a_part_past_the_limit_is_413_and_nothing_stays_staged(archive: Archive) -> None:
+    good = CT_SMALL.read_bytes()
+    content_type, body = multipart(
+        [("application/dicom", good), ("application/dicom", bytes(40 * MIB))]
+    )
+    pieces = (body[i : i + 64 * 1024] for i in range(0, len(body), 64 * 1024))
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    with LiveServer(archive, max_part_mb=1) as server:
+        status, warning, sent = send_until_answered(server, headers, pieces)
+    assert status == 413
+    assert "part 2 exceeds 1 MiB" in warning
+    assert "max_part_mb" in warning
+    assert sent < len(body) // 2
+    assert staged_files(archive) == []
+    assert instance_count(archive) == 0  # the good part is not stored either
+
+
+def test_parts_within_the_limits_are_stored(client: TestClient, archive: Archive) -> None:
+    small = Archive(
+        archive.settings.replace(max_upload_mb=1, max_part_mb=1), archive.engine, archive.blobs
+    )
+    with TestClient(create_app(small.settings, small)) as limited:
+        response = stow(
+            limited, "/dicom-web/studies", [("application/dicom", CT_SMALL.read_bytes())]
+        )
+    assert response.status_code == 200, response.text
+
+
+def test_a_part_of_zeros_is_refused_without_parsing_it(
+    client: TestClient, archive: Archive
+) -> None:
+    started = time.process_time()
+    response = stow(client, "/dicom-web/studies", [("application/dicom", bytes(16 * MIB))])
+    cpu = time.process_time() - started
+    assert response.status_code == 409
+    (failed,) = sequence(response.json(), "00081198")
+    assert failed["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    assert staged_files(archive) == []
+    assert cpu < 2.0  # pydicom's forced parse took about 5.5 s of CPU on these 16 MB
+
+
+@pytest.mark.parametrize("body", [b"", b"--b--\r\n"], ids=["zero-bytes", "closing-delimiter"])
+def test_a_body_without_parts_is_400(client: TestClient, archive: Archive, body: bytes) -> None:
+    response = client.post(
+        "/dicom-web/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
+    assert response.status_code == 400
+    assert "no parts" in response.headers["warning"]
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    ["b" * 71, "b" * 300, "b" * 5000, "ends-in-space ", "semi@colon"],
+    ids=["71", "300", "5000", "trailing-space", "at-sign"],
+)
+def test_a_boundary_rfc_2046_does_not_allow_is_400(client: TestClient, boundary: str) -> None:
+    content_type, body = multipart(
+        [("application/dicom", CT_SMALL.read_bytes())], boundary=boundary
+    )
+    content_type = content_type.replace(f"boundary={boundary}", f'boundary="{boundary}"')
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 400, response.text
+    assert "boundary" in response.headers["warning"]
+
+
+def test_a_boundary_of_70_characters_is_fine(client: TestClient) -> None:
+    content_type, body = multipart([("application/dicom", CT_SMALL.read_bytes())], "b" * 70)
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_non_ascii_study_in_the_url_is_404(client: TestClient) -> None:
+    content_type, body = multipart([("application/dicom", CT_SMALL.read_bytes())])
+    response = client.post(
+        "/dicom-web/studies/%E6%97%A5", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("part_type", [b"\xff", "日".encode()])
+def test_a_non_ascii_part_type_is_415(client: TestClient, part_type: bytes) -> None:
+    content_type = b'multipart/related; type="' + part_type + b'"; boundary=b'
+    response = client.post(
+        "/dicom-web/studies", content=b"--b--\r\n", headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 415
+
+
+def test_a_client_that_goes_away_mid_body_leaves_nothing_staged(archive: Archive) -> None:
+    content_type, body = multipart(
+        [("application/dicom", CT_SMALL.read_bytes()), ("application/dicom", bytes(4 * MIB))]
+    )
+    with LiveServer(archive) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            head = (
+                "POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+            deadline = time.monotonic() + 10
+            while not staged_files(archive) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the server is writing the second part
+            assert staged_files(archive)
+        deadline = time.monotonic() + 10
+        while staged_files(archive) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{server.base_url}/fhir/metadata").status_code == 200
+    assert staged_files(archive) == []
+    assert instance_count(archive) == 0

@@ -451,6 +451,54 @@ def test_frames_errors(curated: Curated) -> None:
     assert raised.value.response.status_code == 406
 
 
+FRAME_ROUTES = ["", "/rendered", "/thumbnail"]  # .../frames/{frames}{route}
+
+
+@pytest.mark.parametrize(
+    ("frames", "status"),
+    [
+        ("2,1", 200),
+        ("1,1", 400),  # PS3.18: "non duplicate frame numbers"
+        ("2,1,2", 400),
+        (",".join(["1"] * 10), 400),
+        ("%C2%B2", 400),  # superscript two: str.isdigit() says yes
+        ("%D9%A1", 400),  # Arabic-Indic one: int() takes it
+        ("0", 400),
+        ("-1", 400),
+        ("1" + "0" * 30, 400),
+        ("1,,2", 400),
+        ("3", 404),  # past the last of its 2 frames
+        ("1,2,3", 404),  # longer than the frame count: past the last
+    ],
+)
+def test_frame_lists_on_every_frames_route_and_base(
+    curated: Curated, frames: str, status: int
+) -> None:
+    """Issue 12 items 6 and 7: one parser for every {frames}; a repeated frame is 400."""
+    s, se, i = curated.uids("SC_rgb_rle_2frame.dcm")
+    owner = next(r[5] for r in stored_rows(curated.archive) if r[2] == i)
+    tail = f"/studies/{s}/series/{se}/instances/{i}/frames/{frames}"
+    accepts = {"": DICOM_ANY.replace("application/dicom", "application/octet-stream")}
+    with httpx.Client(base_url=curated.server.base_url, timeout=30) as client:
+        for base in ("/dicom-web", f"/fhir/Patient/{owner}/$wado-rs"):
+            for route in FRAME_ROUTES:
+                accept = accepts.get(route, "image/png")
+                response = client.get(base + tail + route, headers={"Accept": accept})
+                assert response.status_code == status, (base, route, response.text)
+                if status != 200:
+                    assert response.headers["Warning"].isascii()
+
+
+def test_repeated_frames_with_a_huge_viewport_cost_no_rendering(curated: Curated) -> None:
+    """Issue 12 item 6: frames/1,1,...(x10)/rendered?viewport=8192,8192 took 5.4 s of CPU."""
+    url = curated.url("CT_small.dcm") + "/frames/" + ",".join(["1"] * 10) + "/rendered"
+    started = time.process_time()
+    response = httpx.get(url, params={"viewport": "8192,8192"}, headers={"Accept": "image/png"})
+    assert response.status_code == 400
+    assert "frame 1 is listed twice" in response.text
+    assert time.process_time() - started < 0.5  # the server shares this process
+
+
 def test_single_frame_as_a_single_part(curated: Curated) -> None:
     url = curated.url("MR_small_jp2klossless.dcm")
     response = httpx.get(f"{url}/frames/1", headers={"Accept": "image/jp2"})

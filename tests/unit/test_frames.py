@@ -4,6 +4,7 @@ a check that taking one frame from a large file reads only that frame."""
 
 from __future__ import annotations
 
+import re
 import tracemalloc
 import warnings
 from collections.abc import Iterator
@@ -21,7 +22,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pacsfhir.dicom.frames import Missing, PixelDataFile, media_type_of
+from pacsfhir.dicom.frames import (
+    MAX_FRAME_NUMBER,
+    Missing,
+    PixelDataFile,
+    media_type_of,
+    parse_frame_list,
+)
 
 
 def sample(name: str) -> Path:
@@ -305,3 +312,51 @@ def test_other_bulk_data_elements() -> None:
 )
 def test_media_type_of(transfer_syntax: str, media: str) -> None:
     assert media_type_of(transfer_syntax) == media
+
+
+# -- frame lists (the {frames} of .../frames/{frames}[/rendered|/thumbnail]) --------------
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("1", (1,)),
+        ("3,1,2", (3, 1, 2)),  # any order, kept
+        (" 2 , 5", (2, 5)),
+        ("007", (7,)),
+        (str(MAX_FRAME_NUMBER), (MAX_FRAME_NUMBER,)),
+    ],
+)
+def test_frame_lists_parse(text: str, numbers: tuple[int, ...]) -> None:
+    assert parse_frame_list(text) == numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("1,1", "frame 1 is listed twice"),
+        ("2,1,2", "frame 2 is listed twice"),
+        (",".join(["1"] * 10), "frame 1 is listed twice"),
+        ("0", "frame numbers are 1 to 2147483647, not 0"),
+        ("-1", "not '-1'"),
+        ("+1", "not '+1'"),
+        (str(MAX_FRAME_NUMBER + 1), "frame numbers are 1 to"),
+        ("1" + "0" * 30, "frame numbers are 1 to"),
+        ("9" * 5000, "frame numbers are 1 to"),  # past int()'s digit limit
+        ("\u00b2", "not '\\xb2'"),  # superscript two: str.isdigit() says yes
+        ("\u0663", "not '\\u0663'"),  # Arabic-Indic three: int() takes it
+        ("\uff11", "not '\\uff11'"),  # fullwidth one
+        ("1.0", "not '1.0'"),
+        ("1e3", "not '1e3'"),
+        ("1_000", "not '1_000'"),
+        ("a", "not 'a'"),
+        ("", "not an empty item"),
+        ("1,,2", "not an empty item"),
+        ("1,", "not an empty item"),
+        ("1\t", "not '1\\t'"),
+    ],
+)
+def test_frame_lists_refused_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)) as raised:
+        parse_frame_list(text)
+    assert str(raised.value).isascii()  # it goes into a Warning header

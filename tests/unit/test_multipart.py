@@ -1,5 +1,6 @@
 """multipart/related bodies and Accept parsing (dicom.multipart), checked with the
-standard library's MIME parser and with dicomweb-client's own multipart decoder."""
+standard library's MIME parser and with dicomweb-client's own multipart decoder; the
+boundary of a received body (RFC 2046) and the declared length against the body limit."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from pacsfhir.dicom.multipart import (
     parse_accept,
     stream,
 )
+from pacsfhir.dicom.upload import MIB, UploadLimits, related_boundary
+from pacsfhir.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 BODIES = [b"", b"\r\n--not-a-boundary\r\n", bytes(range(256)) * 40, b"x" * 3]
 
@@ -151,3 +154,53 @@ def test_media_range_properties() -> None:
 )
 def test_media_matches(pattern: str, media: str, matches: bool) -> None:
     assert media_matches(pattern, media) is matches
+
+
+RELATED = 'multipart/related; type="application/dicom"; boundary='
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        (RELATED + "abc", b"abc"),
+        (RELATED + '"with space:and=more?"', b"with space:and=more?"),
+        (RELATED + "b" * 70, b"b" * 70),
+        ("multipart/related; boundary=x", b"x"),  # type defaults to the wanted one
+        (RELATED + "b" * 71, BadRequest),
+        (RELATED + '"trailing "', BadRequest),
+        (RELATED + '"a@b"', BadRequest),
+        (RELATED + '""', BadRequest),
+        ('multipart/related; type="application/dicom"', BadRequest),
+        ("application/dicom", UnsupportedMediaType),
+        ("", UnsupportedMediaType),
+        ('multipart/related; type="image/jpeg"; boundary=x', UnsupportedMediaType),
+        ('multipart/related; type="\xff"; boundary=x', UnsupportedMediaType),
+    ],
+)
+def test_related_boundary(content_type: str, expected: bytes | type[Exception]) -> None:
+    if isinstance(expected, bytes):
+        assert related_boundary(content_type, "application/dicom") == expected
+    else:
+        with pytest.raises(expected):
+            related_boundary(content_type, "application/dicom")
+
+
+@pytest.mark.parametrize(
+    ("content_length", "refused"),
+    [
+        (None, False),
+        ("", False),
+        (str(MIB), False),
+        (str(MIB + 1), True),
+        (" 99999999999999999999 ", True),
+        ("²", False),  # not a length: the HTTP server refuses it, not this check
+        ("-5", False),
+    ],
+)
+def test_declared_length_against_the_body_limit(content_length: str | None, refused: bool) -> None:
+    limits = UploadLimits(body=MIB, part=MIB)
+    if refused:
+        with pytest.raises(PayloadTooLarge, match="max_upload_mb"):
+            limits.check_declared(content_length)
+    else:
+        limits.check_declared(content_length)

@@ -8,11 +8,12 @@ Handlers take their scope from ``api.dicomweb_context.scope_of``: under a patien
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from pacsfhir.api.dicomweb_context import archive_of
 from pacsfhir.api.wado_common import (
     INSTANCE,
     accept_ranges,
@@ -20,6 +21,7 @@ from pacsfhir.api.wado_common import (
     find_instances,
     frame_numbers,
     multipart_response,
+    open_frames,
     open_pixels,
     route_each_level,
 )
@@ -32,12 +34,13 @@ from pacsfhir.dicom.render import (
     RenderOptions,
     Viewport,
     ViewportError,
+    layout,
     parse_quality,
     parse_viewport,
     parse_window,
     render,
 )
-from pacsfhir.errors import BadRequest, NotAcceptable, NotFound, PacsFhirError
+from pacsfhir.errors import BadRequest, NotAcceptable
 from pacsfhir.index.dicomweb import StoredInstance
 
 router = APIRouter()
@@ -73,7 +76,8 @@ def _render_options(request: Request, media: str, thumbnail: bool) -> RenderOpti
         quality = parse_quality(params["quality"]) if "quality" in params else 90
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    return RenderOptions(media, window, viewport, quality)
+    limit = archive_of(request).settings.max_render_pixels
+    return RenderOptions(media, window, viewport, quality, limit)
 
 
 def _render_one(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
@@ -82,7 +86,33 @@ def _render_one(source: PixelDataFile, index: int, options: RenderOptions) -> by
     except ViewportError as exc:
         raise BadRequest(str(exc)) from exc
     except (RenderError, Missing) as exc:
-        raise PacsFhirError(f"cannot render this frame: {exc}") from exc
+        raise _cannot_render(exc) from exc
+
+
+def _cannot_render(exc: Exception) -> NotAcceptable:
+    """A stored frame that cannot be decoded or rendered has no rendered representation
+    to offer (PS3.18 8.7.4: 406), whatever the Accept."""
+    return NotAcceptable(f"cannot render this frame: {exc}")
+
+
+def _check_sizes(
+    request: Request, instances: Iterable[StoredInstance], options: RenderOptions
+) -> None:
+    """Every instance a multipart answer will render within the limits (``layout``),
+    checked from the headers before the first part is sent: a 413 or 400 cannot be
+    sent once the parts have begun."""
+    for stored in instances:
+        if is_video(stored.transfer_syntax_uid):
+            continue
+        with open_pixels(request, stored) as source:
+            if not source.has_pixel_data:
+                continue
+            try:
+                layout(source, 0, options)
+            except ViewportError as exc:
+                raise BadRequest(str(exc)) from exc
+            except Missing as exc:
+                raise _cannot_render(exc) from exc
 
 
 def _image_sources(request: Request, instances: list[StoredInstance]) -> Iterator[PixelDataFile]:
@@ -107,7 +137,10 @@ def _representative(
         by_series.setdefault(stored.series_uid, []).append(stored)
     for members in by_series.values():
         for source in _image_sources(request, members):
-            count = source.frame_count()
+            try:
+                count = source.frame_count()
+            except Missing:  # unreadable frames: another instance represents them
+                count = 0
             if count:
                 return source, count // 2 if middle_frame else 0
             source.close()
@@ -120,7 +153,7 @@ def _single_image(source: PixelDataFile, index: int, options: RenderOptions) -> 
 
 
 def _rendered(
-    request: Request, instances: list[StoredInstance], frames: list[int] | None = None
+    request: Request, instances: list[StoredInstance], frames: Sequence[int] | None = None
 ) -> Response:
     media, multi = _rendered_choice(request, multipart_ok=True)
     options = _render_options(request, media, thumbnail=False)
@@ -128,13 +161,14 @@ def _rendered(
         if frames is None:
             source, index = _representative(request, instances, middle_frame=False)
         else:
-            source, index = _checked_frames(request, instances[0], frames), frames[0] - 1
+            source, index = open_frames(request, instances[0], frames), frames[0] - 1
         return _single_image(source, index, options)
     if frames is not None:
-        _checked_frames(request, instances[0], frames).close()
-        plan: list[tuple[StoredInstance, list[int] | None]] = [(instances[0], frames)]
+        open_frames(request, instances[0], frames).close()
+        plan: list[tuple[StoredInstance, Sequence[int] | None]] = [(instances[0], frames)]
     else:
         plan = [(stored, None) for stored in instances]
+    _check_sizes(request, (stored for stored, _ in plan), options)
 
     def parts() -> Iterator[Part]:
         for stored, wanted in plan:
@@ -151,25 +185,15 @@ def _rendered(
     return multipart_response(parts(), media)
 
 
-def _checked_frames(request: Request, stored: StoredInstance, frames: list[int]) -> PixelDataFile:
-    """The open instance, once every frame asked for is known to exist."""
-    source = open_pixels(request, stored)
-    count = source.frame_count()
-    if not count or max(frames) > count:
-        source.close()
-        raise NotFound(f"no frame {max(frames)}: the instance has {count}")
-    return source
-
-
 def _thumbnail(
-    request: Request, instances: list[StoredInstance], frames: list[int] | None = None
+    request: Request, instances: list[StoredInstance], frames: Sequence[int] | None = None
 ) -> Response:
     media, _ = _rendered_choice(request, multipart_ok=False)
     options = _render_options(request, media, thumbnail=True)
     if frames is None:
         source, index = _representative(request, instances, middle_frame=True)
     else:
-        source, index = _checked_frames(request, instances[0], frames), frames[0] - 1
+        source, index = open_frames(request, instances[0], frames), frames[0] - 1
     return _single_image(source, index, options)
 
 

@@ -3,8 +3,11 @@
 Handlers take their scope from ``api.dicomweb_context.scope_of``.
 
 Status (PS3.18 Table 10.5.3-1): 200 all stored (or already present), 202 some failed,
-409 none stored, 400 bad syntax, 415 unsupported media type. Failure reasons (Table I.2-2
-and our own, documented in docs/conformance.md): ``FAILURE_REASONS``.
+409 none stored, 400 bad syntax or no parts, 413 a body or a part over its limit
+(``max_upload_mb``, ``max_part_mb``), 415 unsupported media type. Failure reasons
+(Table I.2-2 and our own, documented in docs/conformance.md): ``FAILURE_REASONS``.
+The body is received off the event loop (``dicom.upload``); storing and building the
+answer run in a worker thread too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -22,8 +26,8 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import Outcome, commit_batch
 from pacsfhir.dicom.prepare import Prepared, Rejected, prepare_staged
 from pacsfhir.dicom.uids import is_valid_uid
-from pacsfhir.dicom.upload import ReceivedPart, receive_parts, related_boundary
-from pacsfhir.errors import NotAcceptable, NotFound
+from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, receive_parts, related_boundary
+from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
 from pacsfhir.index.dicomweb import Scope
 from pacsfhir.index.writer import patient_key
 
@@ -153,22 +157,44 @@ def _store(
     return accepted, failures
 
 
-async def _stow(request: Request, study_uid: str | None) -> Response:
-    _check_accept(request)
-    if study_uid is not None and not is_valid_uid(study_uid):
-        raise NotFound(f"{study_uid!r} is not a Study Instance UID")
-    archive = archive_of(request)
-    boundary = related_boundary(request.headers.get("content-type", ""), "application/dicom")
-    parts = await receive_parts(request.stream(), boundary, archive.blobs)
-    stored, failures = await run_in_threadpool(_store, archive, parts, study_uid, scope_of(request))
+def _answer(
+    archive: Archive, parts: list[ReceivedPart], study_uid: str | None, scope: Scope, base: str
+) -> tuple[int, bytes]:
+    """Store the parts and build the response (blocking: runs in a worker thread)."""
+    stored, failures = _store(archive, parts, study_uid, scope)
     if failures and not stored:
         status = 409
     elif failures:
         status = 202
     else:
         status = 200
-    module = _response_module(stored, failures, base_url_of(request), study_uid)
-    return Response(json.dumps(module), status_code=status, media_type=DICOM_JSON)
+    return status, json.dumps(_response_module(stored, failures, base, study_uid)).encode()
+
+
+def _discard(archive: Archive, parts: list[ReceivedPart]) -> None:
+    for part in parts:  # what _store has placed or discarded is no longer there
+        archive.blobs.discard(part.staged.path)
+
+
+async def _stow(request: Request, study_uid: str | None) -> Response:
+    _check_accept(request)
+    if study_uid is not None and not is_valid_uid(study_uid):
+        raise NotFound(f"{study_uid!a} is not a Study Instance UID")
+    archive = archive_of(request)
+    boundary = related_boundary(request.headers.get("content-type", ""), "application/dicom")
+    limits = UploadLimits.of(archive.settings)
+    limits.check_declared(request.headers.get("content-length"))
+    parts = await receive_parts(request.stream(), boundary, archive.blobs, limits)
+    if not parts:
+        raise BadRequest("the multipart body holds no parts")
+    scope, base = scope_of(request), base_url_of(request)
+    try:
+        status, body = await run_in_threadpool(_answer, archive, parts, study_uid, scope, base)
+    except BaseException:  # an error, or cancelled: nothing stays staged
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_discard, archive, parts)
+        raise
+    return Response(body, status_code=status, media_type=DICOM_JSON)
 
 
 @router.post("/studies")

@@ -29,6 +29,7 @@ from pacsfhir.api.wado_common import (
     find_instances,
     frame_numbers,
     multipart_response,
+    open_frames,
     open_pixels,
     path_of,
     route_each_level,
@@ -284,17 +285,7 @@ def retrieve_frames(
     choice = _pixel_choice(accept_ranges(request), stored.transfer_syntax_uid, len(numbers) == 1)
     if choice is None:
         raise _refuse_pixels(request, stored.transfer_syntax_uid)
-    source = open_pixels(request, stored)
-    try:
-        count = source.frame_count()
-        if not source.has_pixel_data:
-            raise NotFound("the instance has no pixel data")
-        missing = [n for n in numbers if n > count]
-        if missing:
-            raise NotFound(f"no frame {missing[0]}: the instance has {count}")
-    except BaseException:
-        source.close()
-        raise
+    source = open_frames(request, stored, numbers)
     indexes = [n - 1 for n in numbers]
     if not choice.multipart:
         index = indexes[0]

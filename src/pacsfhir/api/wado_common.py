@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from pacsfhir.api.dicomweb_context import archive_of, scope_of
 from pacsfhir.api.streaming import in_batches
 from pacsfhir.dicom import multipart
-from pacsfhir.dicom.frames import PixelDataFile
+from pacsfhir.dicom.frames import Missing, PixelDataFile, parse_frame_list
 from pacsfhir.dicom.multipart import MediaRange, Part, parse_accept
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import BadRequest, NotFound, PacsFhirError
@@ -77,14 +77,34 @@ def open_pixels(request: Request, stored: StoredInstance) -> PixelDataFile:
         raise PacsFhirError(f"stored file of {stored.sop_uid} is unreadable") from exc
 
 
-def frame_numbers(text: str) -> list[int]:
+def frame_numbers(text: str) -> tuple[int, ...]:
+    """The ``{frames}`` of a frames, rendered or thumbnail path: 400 unless a list of
+    distinct frame numbers (``dicom.frames.parse_frame_list``)."""
     try:
-        numbers = [int(p) for p in text.split(",") if p.strip()]
+        return parse_frame_list(text)
     except ValueError as exc:
-        raise BadRequest(f"frame list must be comma-separated numbers: {text[:80]!r}") from exc
-    if not numbers or any(n < 1 for n in numbers) or len(numbers) > 10000:
-        raise BadRequest("frame numbers start at 1")
-    return numbers
+        raise BadRequest(str(exc)) from exc
+
+
+def open_frames(request: Request, stored: StoredInstance, numbers: Sequence[int]) -> PixelDataFile:
+    """The open instance, once every frame in ``numbers`` is known to be in it: 404 when
+    it has no pixel data or fewer frames (so a list longer than its frame count, being
+    free of repeats, is always 404)."""
+    source = open_pixels(request, stored)
+    try:
+        if not source.has_pixel_data:
+            raise NotFound("the instance has no pixel data")
+        count = source.frame_count()
+        missing = [n for n in numbers if n > count]
+        if missing:
+            raise NotFound(f"no frame {missing[0]}: the instance has {count}")
+    except Missing as exc:
+        source.close()
+        raise NotFound(f"the instance's frames cannot be read: {exc}") from exc
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
 # -- Accept and multipart responses ------------------------------------------------------

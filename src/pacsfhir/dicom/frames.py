@@ -11,6 +11,8 @@ Deflated files (rare, small) are the exception: they are inflated in memory.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import struct
 import warnings
 from collections.abc import Iterator
@@ -72,8 +74,46 @@ _COMPRESSED_MEDIA: dict[str, str] = {
 }
 
 
+# Attributes read to find and size frames, converted (with their warnings) on opening.
+_FRAME_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+)
+
+
 class Missing(Exception):
     """The instance has no (or no readable) Pixel Data, or not that frame or element."""
+
+
+# -- frame lists -------------------------------------------------------------------------
+
+MAX_FRAME_NUMBER = 2**31 - 1  # Number of Frames is an IS: no instance has more frames
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: not "²" (isdigit) nor "٣" (int)
+
+
+def parse_frame_list(text: str) -> tuple[int, ...]:
+    """The frame numbers of a PS3.18 frame list (``{frames}`` in ``.../frames/{frames}``):
+    "a comma separated list of one or more non duplicate frame numbers", in any order;
+    spaces around a number are allowed. Raises ValueError, with a reason, for an empty
+    item, anything but ASCII digits, 0, a number past ``MAX_FRAME_NUMBER``, or a number
+    listed twice (serving a frame twice in one response serves no purpose)."""
+    numbers: dict[int, None] = {}  # ordered, and a set
+    for item in text.split(","):
+        item = item.strip(" ")
+        if not _DIGITS.fullmatch(item):
+            shown = ascii(item[:24]) if item else "an empty item"
+            raise ValueError(f"a frame list is comma-separated frame numbers, not {shown}")
+        number = int(item) if len(item) <= 12 else MAX_FRAME_NUMBER + 1
+        if not 1 <= number <= MAX_FRAME_NUMBER:
+            raise ValueError(f"frame numbers are 1 to {MAX_FRAME_NUMBER}, not {item[:24]}")
+        if number in numbers:
+            raise ValueError(f"frame {number} is listed twice; list each frame once")
+        numbers[number] = None
+    return tuple(numbers)
 
 
 def is_native(transfer_syntax: str) -> bool:
@@ -141,6 +181,9 @@ class PixelDataFile:
                 self.header = pydicom.dcmread(
                     self._fp, stop_before_pixels=True, force=True, defer_size="1 MB"
                 )
+                for keyword in _FRAME_KEYWORDS:  # converted once, quietly, odd or not
+                    with contextlib.suppress(ValueError, TypeError):
+                        self.header.get(keyword)
             self.transfer_syntax = str(
                 self.header.file_meta.get("TransferSyntaxUID", IMPLICIT_VR_LITTLE_ENDIAN)
             )
@@ -235,10 +278,17 @@ class PixelDataFile:
         except (TypeError, ValueError) as exc:
             raise Missing(f"{keyword} is not a number") from exc
 
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(rows, columns, samples per pixel) of a frame, as the header says."""
+        return (
+            self._number("Rows", 0),
+            self._number("Columns", 0),
+            self._number("SamplesPerPixel", 1),
+        )
+
     def _frame_bits(self) -> int:
         h = self.header
-        rows, columns = self._number("Rows", 0), self._number("Columns", 0)
-        samples = self._number("SamplesPerPixel", 1)
+        rows, columns, samples = self.frame_shape()
         bits = self._number("BitsAllocated", 8)
         if self.pixel_tag == 0x7FE00008:
             bits = 32
@@ -292,8 +342,14 @@ class PixelDataFile:
         return self._fp.read(min(10, span.length))
 
     def _frame_spans(self) -> list[list[Span]]:
-        if self._frames is not None:
-            return self._frames
+        if self._frames is None:
+            try:
+                self._frames = self._find_frames()
+            except (ValueError, struct.error, OverflowError) as exc:  # pydicom's parsers
+                raise Missing(f"the encapsulated Pixel Data cannot be read: {exc}") from exc
+        return self._frames
+
+    def _find_frames(self) -> list[list[Span]]:
         self._fp.seek(self.offset)
         basic = parse_basic_offsets(self._fp)
         fragments = self.fragments()
@@ -325,7 +381,6 @@ class PixelDataFile:
                     current = []
             if current:
                 frames.append(current)
-        self._frames = frames
         return frames
 
     def frame_count(self) -> int:
@@ -352,8 +407,22 @@ class PixelDataFile:
             raise Missing(f"no frame {index + 1} in the encapsulated Pixel Data")
         return (chunk for span in frames[index] for chunk in read_span(self._fp, *_pair(span)))
 
-    def frame(self, index: int) -> bytes:
-        return b"".join(self.frame_chunks(index))
+    def frame(self, index: int) -> bytearray:
+        """Frame ``index`` whole, read into one buffer of its length (joining the chunks
+        would hold the frame twice)."""
+        chunks = self.frame_chunks(index)
+        data = bytearray(self.frame_length(index))
+        view = memoryview(data)
+        position = 0
+        for chunk in chunks:
+            if position + len(chunk) > len(data):
+                raise Missing(f"frame {index + 1} is longer than its offsets say")
+            view[position : position + len(chunk)] = chunk
+            position += len(chunk)
+        view.release()
+        if position != len(data):
+            raise Missing(f"frame {index + 1} is shorter than its offsets say")
+        return data
 
     def frame_length(self, index: int) -> int:
         if not self.encapsulated:

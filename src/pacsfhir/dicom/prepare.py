@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pacsfhir.dicom.reader import InstanceAttributes, read_instance
+from pacsfhir.dicom.sniff import HEAD_BYTES, not_dicom
 from pacsfhir.dicom.storage import BlobStore, StagedFile
 from pacsfhir.errors import RejectedInstance
 
@@ -45,11 +46,14 @@ def prepare_staged(
     source: str, staged: StagedFile, blobs: BlobStore, content: bytes | None = None
 ) -> Prepared | Rejected:
     """Read a staged file (from ``content`` when it holds the whole file); a rejected one
-    is removed from staging."""
+    is removed from staging. What is plainly not DICOM is refused from its first bytes,
+    before pydicom's forced parse (``sniff``)."""
     try:
-        if staged.size == 0:
-            raise RejectedInstance("not-dicom", "empty file")
         with io.BytesIO(content) if content is not None else open(staged.path, "rb") as fp:
+            problem = not_dicom(fp.read(HEAD_BYTES), staged.size)
+            if problem is not None:
+                raise RejectedInstance("not-dicom", problem)
+            fp.seek(0)
             attributes = read_instance(fp, staged.size)
     except RejectedInstance as exc:
         blobs.discard(staged.path)

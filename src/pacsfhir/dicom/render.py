@@ -4,18 +4,31 @@ plugins for JPEG, JPEG-LS, JPEG 2000 and RLE), apply the Modality LUT, a window 
 range), MONOCHROME1 inversion or the palette, the viewport, and encode with Pillow.
 
 Only the asked-for frame is read and decoded (see ``dicom.frames``), so rendering the
-last frame of a large multi-frame file costs one frame of memory.
+last frame of a large multi-frame file costs one frame of memory. Memory is bounded by
+``RenderOptions.max_pixels`` (``PACSFHIR_MAX_RENDER_PIXELS``): the frame's samples (rows x
+columns x samples per pixel, from the header and, for JPEG-family frames, from the
+codestream's own header) and the image the viewport asks for are checked before anything
+is decoded or scaled, and over the limit is ``PayloadTooLarge`` (413). Past the decoder,
+the frame is cropped and thinned to what the viewport shows, and the LUTs run over bands
+of rows into one 8-bit image, so no float copy of the whole frame is ever made. The frames
+decoded at once in this process hold at most ``max_pixels`` samples between them
+(``dicom.budget``), so concurrent requests cannot multiply that memory.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pydicom
+from libjpeg.utils import get_parameters as jpeg_parameters
+from openjpeg.utils import get_parameters as j2k_parameters
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -23,17 +36,28 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import as_pixel_options
 
-from pacsfhir.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, PixelDataFile
+from pacsfhir.dicom.budget import SampleBudget
+from pacsfhir.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, PixelDataFile, media_type_of
+from pacsfhir.errors import PayloadTooLarge
 
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
 _FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
 _FUNCTIONS = ("linear", "linear-exact", "sigmoid")
 THUMBNAIL_SIZE = 128
+MAX_VIEWPORT = 8192
+MAX_REGION = 65536  # Rows and Columns are US: a source region lies within +-2^16
 _PIXEL_KEYWORDS = {0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+LIMIT_SETTING = "PACSFHIR_MAX_RENDER_PIXELS"
+BAND_SAMPLES = 1 << 18  # the LUTs run over bands of rows of about this many samples
+RENDERING = SampleBudget()  # what the frames being decoded in this process hold
 
 
 class RenderError(Exception):
-    """The frame cannot be rendered (no pixel data, no decoder for its transfer syntax)."""
+    """The frame cannot be rendered (no pixel data, no decoder for its transfer syntax,
+    data or attributes the decoder or the LUTs cannot take)."""
+
+
+_BAD_DATA = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError)
 
 
 class ViewportError(ValueError):
@@ -60,6 +84,32 @@ class RenderOptions:
     window: Window | None = None
     viewport: Viewport | None = None
     quality: int = 90
+    max_pixels: int | None = None  # samples of a frame or of the image drawn; None: no limit
+
+
+# -- query parameters (ASCII digits only, finite, within range) --------------------------
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
+_MANTISSA = r"(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})"
+_DECIMAL = re.compile(rf"[+-]?{_MANTISSA}(?:[eE][+-]?[0-9]{{1,3}})?")
+
+
+def _integer(text: str, name: str, low: int, high: int) -> int:
+    text = text.strip()
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"{name} must be a whole number, not {text[:24]!a}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _decimal(text: str, name: str) -> float:
+    text = text.strip()
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite decimal number, not {text[:24]!a}")
+    return value
 
 
 def parse_window(text: str) -> Window:
@@ -67,7 +117,7 @@ def parse_window(text: str) -> Window:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 3):
         raise ValueError("window is center,width[,function]")
-    center, width = float(parts[0]), float(parts[1])
+    center, width = _decimal(parts[0], "window center"), _decimal(parts[1], "window width")
     function = parts[2].lower() if len(parts) == 3 else "linear"
     if function not in _FUNCTIONS:
         raise ValueError(f"window function must be one of {', '.join(_FUNCTIONS)}")
@@ -81,43 +131,139 @@ def parse_viewport(text: str) -> Viewport:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 6):
         raise ValueError("viewport is vw,vh[,sx,sy,sw,sh]")
-    width, height = int(parts[0]), int(parts[1])
-    if not (0 < width <= 8192 and 0 < height <= 8192):
-        raise ValueError("viewport width and height must be between 1 and 8192")
+    width = _integer(parts[0], "viewport width", 1, MAX_VIEWPORT)
+    height = _integer(parts[1], "viewport height", 1, MAX_VIEWPORT)
     if len(parts) == 2:
         return Viewport(width, height)
-    sx, sy = (int(p) if p else 0 for p in parts[2:4])
-    sw, sh = (int(p) if p else 0 for p in parts[4:6])
+    names = ("sx", "sy", "sw", "sh")
+    sx, sy, sw, sh = (
+        _integer(p, f"viewport {n}", -MAX_REGION, MAX_REGION) if p else 0
+        for p, n in zip(parts[2:], names, strict=True)
+    )
     return Viewport(width, height, (sx, sy, sw, sh))
 
 
 def parse_quality(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 100:
-        raise ValueError("quality is 1 to 100")
-    return value
+    return _integer(text, "quality", 1, 100)
+
+
+# -- geometry: what the viewport shows, and how large it draws it ------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    left: int
+    top: int
+    right: int
+    bottom: int
+    flip_x: bool = False
+    flip_y: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+
+def source_region(columns: int, rows: int, viewport: Viewport | None) -> Region:
+    """The part of a ``columns`` x ``rows`` frame the viewport shows (PS3.18 8.3.5.1.3):
+    its source region clipped to the frame, flipped where sw or sh is negative; raises
+    ViewportError when nothing of the frame is left."""
+    if viewport is None or viewport.region is None:
+        return Region(0, 0, columns, rows)
+    sx, sy, sw, sh = viewport.region
+    sw = sw or columns - sx
+    sh = sh or rows - sy
+    left, right = sorted((sx, sx + sw))
+    top, bottom = sorted((sy, sy + sh))
+    box = Region(max(0, left), max(0, top), min(columns, right), min(rows, bottom), sw < 0, sh < 0)
+    if box.width <= 0 or box.height <= 0:
+        raise ViewportError("the viewport's source region lies outside the image")
+    return box
+
+
+def output_size(region: Region, viewport: Viewport | None) -> tuple[int, int]:
+    """(width, height) of the image drawn: the region fitted in the viewport, keeping its
+    aspect ratio (up or down); the region's own size without a viewport."""
+    if viewport is None:
+        return region.width, region.height
+    scale = min(viewport.width / region.width, viewport.height / region.height)
+    return max(1, round(region.width * scale)), max(1, round(region.height * scale))
+
+
+def _over(samples: int, limit: int | None) -> bool:
+    return limit is not None and samples > limit
+
+
+def check_frame_size(rows: int, columns: int, samples: int, limit: int | None, what: str) -> None:
+    """PayloadTooLarge when a frame of this size is past the limit, before decoding it."""
+    total = rows * columns * samples
+    if _over(total, limit):
+        raise PayloadTooLarge(
+            f"{what} is {rows} x {columns} x {samples} = {total:,} samples, over the "
+            f"rendering limit of {limit:,} ({LIMIT_SETTING})"
+        )
+
+
+def check_output_size(size: tuple[int, int], channels: int, options: RenderOptions) -> None:
+    total = size[0] * size[1] * channels
+    if _over(total, options.max_pixels):
+        asked = options.viewport
+        source = f"viewport {asked.width},{asked.height}" if asked else "the frame"
+        raise PayloadTooLarge(
+            f"{source} draws a {size[0]} x {size[1]} x {channels} image = {total:,} samples, "
+            f"over the rendering limit of {options.max_pixels:,} ({LIMIT_SETTING})"
+        )
 
 
 # -- decoding ----------------------------------------------------------------------------
 
 
-def decode_frame(source: PixelDataFile, index: int) -> tuple[np.ndarray, str]:
+def _codestream_shape(data: bytes, transfer_syntax: str) -> tuple[int, int, int] | None:
+    """(rows, columns, components) a JPEG-family codestream says it holds, read from its
+    own header: what its decoder will allocate, whatever the DICOM header says."""
+    media = media_type_of(transfer_syntax)
+    try:
+        if media in ("image/jpeg", "image/jls"):
+            jpeg = jpeg_parameters(data)
+            return int(jpeg["rows"]), int(jpeg["columns"]), int(jpeg["nr_components"])
+        if media in ("image/jp2", "image/jpx", "image/jphc"):
+            j2k = j2k_parameters(data)
+            return int(j2k["rows"]), int(j2k["columns"]), int(j2k["samples_per_pixel"])
+    except (RuntimeError, ValueError, KeyError, TypeError):
+        return None  # the decoder will say what is wrong
+    return None
+
+
+def decode_frame(
+    source: PixelDataFile, index: int, max_pixels: int | None = None
+) -> tuple[np.ndarray, str]:
     """Frame ``index`` as an array (rows, columns[, samples]) and its photometric
-    interpretation after decoding (YBR comes out as RGB)."""
+    interpretation after decoding (YBR comes out as RGB). Native frames are decoded as
+    a read-only view of the bytes read."""
     if not source.has_pixel_data:
         raise RenderError("the instance has no pixel data")
     options: dict[str, Any] = as_pixel_options(source.header)
     options["number_of_frames"] = 1
     options["pixel_keyword"] = _PIXEL_KEYWORDS.get(source.pixel_tag or 0, "PixelData")
     options.pop("extended_offsets", None)
-    data = source.frame(index)
+    src: bytes | bytearray
     if source.encapsulated:
         transfer_syntax = source.transfer_syntax
-        src: bytes = encapsulate([data], has_bot=False)
+        data = bytes(source.frame(index))
+        shape = _codestream_shape(data, transfer_syntax)
+        if shape is not None:
+            check_frame_size(*shape, max_pixels, f"frame {index + 1}'s codestream")
+        src = encapsulate([data], has_bot=False)
+        del data
     else:  # frames.py hands native frames over little endian and byte-aligned
         transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN
         options["pixel_vr"] = "OB" if int(options.get("bits_allocated", 8)) <= 8 else "OW"
-        src = data
+        options["view_only"] = True
+        src = source.frame(index)
     options["transfer_syntax_uid"] = pydicom.uid.UID(transfer_syntax)
     try:
         decoder = get_decoder(options["transfer_syntax_uid"])
@@ -156,15 +302,36 @@ def frame_attributes(header: Dataset, index: int) -> Dataset:
     return merged
 
 
-# -- to 8 bits ---------------------------------------------------------------------------
+def source_view(array: np.ndarray, region: Region, size: tuple[int, int]) -> np.ndarray:
+    """The region of a decoded frame (flipped as asked), as a view, with rows and columns
+    skipped when it is far larger than the image drawn (a thumbnail), so the LUTs run on
+    what will be shown; the final resize stays a proper filter."""
+    view = array[region.top : region.bottom, region.left : region.right]
+    if region.flip_x:
+        view = view[:, ::-1]
+    if region.flip_y:
+        view = view[::-1]
+    step = min(region.height // size[1], region.width // size[0]) // 2
+    return view[::step, ::step] if step > 1 else view
+
+
+# -- to 8 bits, a band of rows at a time -------------------------------------------------
+
+
+def _bands(array: np.ndarray) -> Iterator[slice]:
+    per_row = max(1, array[:1].size)
+    step = max(1, BAND_SAMPLES // per_row)
+    for start in range(0, array.shape[0], step):
+        yield slice(start, start + step)
 
 
 def _apply_window(values: np.ndarray, window: Window) -> np.ndarray:
-    """PS3.3 C.11.2.1.2-3, onto 0..1, in place on a float32 array."""
+    """PS3.3 C.11.2.1.2-3, onto 0..1, in place on a float array."""
     c, w = window.center, window.width
     if window.function == "sigmoid":
         values -= c
         values *= -4.0 / w
+        np.clip(values, -700.0, 700.0, out=values)  # exp stays finite
         np.exp(values, out=values)
         values += 1.0
         np.reciprocal(values, out=values)
@@ -179,14 +346,15 @@ def _apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     return np.clip(values, 0.0, 1.0, out=values)
 
 
-def _float32(array: np.ndarray) -> np.ndarray:
-    return np.array(array, dtype=np.float32)  # a fresh copy, safe to change in place
-
-
-def _to_uint8(unit: np.ndarray) -> np.ndarray:
+def _to_uint8(unit: np.ndarray, out: np.ndarray) -> None:
     unit *= 255.0
     unit += 0.5
-    return unit.astype(np.uint8)
+    out[...] = unit  # truncates, as astype(uint8) would
+
+
+def _modality(band: np.ndarray, attributes: Dataset) -> np.ndarray:
+    """The band through the Modality LUT, as a float64 array of its own."""
+    return np.array(apply_modality_lut(band, attributes), dtype=np.float64)
 
 
 def _first(value: Any) -> float:
@@ -203,94 +371,108 @@ def _own_window(attributes: Dataset) -> Window | None:
     except (TypeError, ValueError, IndexError):
         return None
     function = str(attributes.get("VOILUTFunction", "LINEAR")).lower().replace("_", "-")
+    if not (math.isfinite(center) and math.isfinite(width)):
+        return None
     if function not in _FUNCTIONS or width <= 0 or (function == "linear" and width < 1):
         return None
     return Window(center, width, function)
 
 
+def _range(frame: np.ndarray, attributes: Dataset) -> tuple[float, float]:
+    """The lowest and highest values of the frame past the Modality LUT (a rescale is
+    linear: its ends are those of the stored values)."""
+    if "ModalityLUTSequence" not in attributes:
+        ends = np.array([frame.min(), frame.max()], dtype=frame.dtype)
+        values = _modality(ends, attributes)
+        return float(values.min()), float(values.max())
+    bands = (_modality(frame[band], attributes) for band in _bands(frame))
+    ranges = [(float(v.min()), float(v.max())) for v in bands]
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
 def _grey(
-    array: np.ndarray, attributes: Dataset, interpretation: str, window: Window | None
+    frame: np.ndarray,
+    array: np.ndarray,
+    attributes: Dataset,
+    interpretation: str,
+    window: Window | None,
 ) -> np.ndarray:
-    """A single-sample frame onto 0..1 (float)."""
-    values = _float32(apply_modality_lut(array, attributes))
+    """A single-sample frame's view ``array`` onto 8 bits."""
+    out = np.empty(array.shape[:2], dtype=np.uint8)
     chosen = window or _own_window(attributes)
-    if chosen is not None:
-        scaled = _apply_window(values, chosen)
-    elif "VOILUTSequence" in attributes:
-        lut = attributes.VOILUTSequence[0]
-        bits = int(lut.LUTDescriptor[2]) if "LUTDescriptor" in lut else 16
-        scaled = _float32(apply_voi_lut(values, attributes))
-        scaled /= float(2**bits - 1)
-        np.clip(scaled, 0.0, 1.0, out=scaled)
-    else:
-        low, high = float(values.min()), float(values.max())
-        values -= low
-        scaled = values / (high - low) if high > low else np.zeros_like(values)
-    if interpretation == "MONOCHROME1":
-        scaled *= -1.0
-        scaled += 1.0
-    return scaled
+    lut = "VOILUTSequence" in attributes if chosen is None else False
+    low = high = 0.0
+    if chosen is None and not lut:  # the whole frame's range, whatever the view
+        low, high = _range(frame, attributes)
+    bits = 16
+    if lut and "LUTDescriptor" in attributes.VOILUTSequence[0]:
+        bits = int(attributes.VOILUTSequence[0].LUTDescriptor[2])
+    for band in _bands(array):
+        values = _modality(array[band], attributes)
+        if chosen is not None:
+            values = _apply_window(values, chosen)
+        elif lut:
+            values = np.array(apply_voi_lut(values, attributes), dtype=np.float64)
+            values /= float(2**bits - 1)
+            np.clip(values, 0.0, 1.0, out=values)
+        elif high > low:
+            values -= low
+            values /= high - low
+        else:
+            values[...] = 0.0
+        if interpretation == "MONOCHROME1":
+            values *= -1.0
+            values += 1.0
+        _to_uint8(values, out[band])
+    return out
+
+
+def _palette(frame: np.ndarray, array: np.ndarray, attributes: Dataset) -> np.ndarray:
+    """PALETTE COLOR through its palette onto 8-bit RGB (shifted down when the frame
+    meets 16-bit entries)."""
+    out = np.empty((*array.shape[:2], 3), dtype=np.uint8)
+    wide = any(int(apply_color_lut(frame[b], attributes).max()) > 255 for b in _bands(frame))
+    for band in _bands(array):
+        rgb = apply_color_lut(array[band], attributes)
+        out[band] = rgb >> 8 if wide else rgb
+    return out
+
+
+def _colour(array: np.ndarray, attributes: Dataset, window: Window | None) -> np.ndarray:
+    rgb = array[..., :3]
+    if window is None and rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    out = np.empty(rgb.shape, dtype=np.uint8)
+    top = float(2 ** int(attributes.get("BitsStored", 8) or 8) - 1)
+    for band in _bands(rgb):
+        unit = np.array(rgb[band], dtype=np.float64)
+        if window is not None:
+            unit = _apply_window(unit, window)
+        else:
+            unit /= top
+            np.clip(unit, 0.0, 1.0, out=unit)
+        _to_uint8(unit, out[band])
+    return out
 
 
 def to_image(
-    array: np.ndarray, attributes: Dataset, interpretation: str, options: RenderOptions
+    frame: np.ndarray,
+    view: np.ndarray,
+    attributes: Dataset,
+    interpretation: str,
+    options: RenderOptions,
 ) -> Image.Image:
-    """A Pillow image (L or RGB, 8 bits) of a decoded frame."""
-    samples = array.shape[2] if array.ndim == 3 else 1
+    """A Pillow image (L or RGB, 8 bits) of ``view``, a view of a decoded ``frame``."""
+    samples = view.shape[2] if view.ndim == 3 else 1
     if samples == 1 and interpretation == "PALETTE COLOR":
-        rgb = apply_color_lut(array, attributes)
-        if rgb.dtype != np.uint8:
-            rgb = (rgb >> 8 if int(rgb.max()) > 255 else rgb).astype(np.uint8)
-        return Image.fromarray(rgb, "RGB")
+        return Image.fromarray(_palette(frame, view, attributes), "RGB")
     if samples == 1:
-        return Image.fromarray(_to_uint8(_grey(array, attributes, interpretation, options.window)))
-    rgb = array[..., :3]
-    if options.window is None and rgb.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
-    unit = _float32(rgb)
-    if options.window is not None:
-        unit = _apply_window(unit, options.window)
-    else:
-        unit /= float(2 ** int(attributes.get("BitsStored", 8) or 8) - 1)
-        np.clip(unit, 0.0, 1.0, out=unit)
-    return Image.fromarray(_to_uint8(unit), "RGB")
+        grey = _grey(frame, view, attributes, interpretation, options.window)
+        return Image.fromarray(grey)
+    return Image.fromarray(_colour(view, attributes, options.window), "RGB")
 
 
-# -- viewport and encoding ---------------------------------------------------------------
-
-
-def apply_viewport(image: Image.Image, viewport: Viewport | None) -> Image.Image:
-    """Crop to the source region (flipping for negative sizes), then scale to fit in the
-    viewport keeping the aspect ratio (PS3.18 8.3.5.1.3)."""
-    if viewport is None:
-        return image
-    if viewport.region is not None:
-        sx, sy, sw, sh = viewport.region
-        sw = sw or image.width - sx
-        sh = sh or image.height - sy
-        left, right = sorted((sx, sx + sw))
-        top, bottom = sorted((sy, sy + sh))
-        box = (max(0, left), max(0, top), min(image.width, right), min(image.height, bottom))
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise ViewportError("the viewport's source region lies outside the image")
-        image = image.crop(box)
-        if sw < 0:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if sh < 0:
-            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    scale = min(viewport.width / image.width, viewport.height / image.height)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS) if size != image.size else image
-
-
-def _subsample(array: np.ndarray, viewport: Viewport | None) -> np.ndarray:
-    """Skip rows and columns of a frame much larger than the whole-image viewport (a
-    thumbnail), so the LUTs run on what will be shown; the final resize stays a
-    proper filter."""
-    if viewport is None or viewport.region is not None:
-        return array
-    step = min(array.shape[0] // viewport.height, array.shape[1] // viewport.width) // 2
-    return array[::step, ::step] if step > 1 else array
+# -- the whole ---------------------------------------------------------------------------
 
 
 def encode(image: Image.Image, options: RenderOptions) -> bytes:
@@ -303,12 +485,40 @@ def encode(image: Image.Image, options: RenderOptions) -> bytes:
     return out.getvalue()
 
 
+def layout(
+    source: PixelDataFile, index: int, options: RenderOptions
+) -> tuple[Region, tuple[int, int]]:
+    """What frame ``index`` of this instance would show and how large it would draw it,
+    from its header alone; PayloadTooLarge when the frame (rows x columns x samples) or
+    the image drawn is past ``options.max_pixels``, ViewportError when the viewport's
+    source region misses the frame."""
+    rows, columns, samples = source.frame_shape()
+    if min(rows, columns, samples) < 1:
+        raise RenderError(f"the header gives no frame size ({rows} x {columns} x {samples})")
+    check_frame_size(rows, columns, samples, options.max_pixels, f"frame {index + 1}")
+    region = source_region(columns, rows, options.viewport)
+    size = output_size(region, options.viewport)
+    palette = str(source.header.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+    check_output_size(size, 3 if samples > 1 or palette else 1, options)
+    return region, size
+
+
 def render(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
-    """Frame ``index`` (0-based) of an open instance, rendered."""
-    with warnings.catch_warnings():  # pydicom warns about odd but decodable data
+    """Frame ``index`` (0-based) of an open instance, rendered, once ``layout`` finds it
+    within the limits."""
+    region, size = layout(source, index, options)
+    rows, columns, samples = source.frame_shape()
+    held = RENDERING.hold(rows * columns * samples, options.max_pixels)
+    with held, warnings.catch_warnings():  # pydicom warns about odd but decodable data
         warnings.simplefilter("ignore")
-        array, interpretation = decode_frame(source, index)
-        array = _subsample(array, options.viewport)
-        attributes = frame_attributes(source.header, index)
-        image = to_image(array, attributes, interpretation, options)
-    return encode(apply_viewport(image, options.viewport), options)
+        try:
+            array, interpretation = decode_frame(source, index, options.max_pixels)
+            view = source_view(array, region, size)
+            attributes = frame_attributes(source.header, index)
+            image = to_image(array, view, attributes, interpretation, options)
+        except _BAD_DATA as exc:  # what pydicom and numpy raise on odd attributes
+            raise RenderError(f"cannot render the frame: {exc}") from exc
+        del array, view
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        return encode(image, options)
