@@ -223,6 +223,10 @@ def corpus(tmp: Path, seed: int = 12, scale: int = 1) -> list[Mutant]:
     for i in range(count):  # a fresh variant (new UIDs) for each cut
         cut = list(truncations(fresh()))[i]
         out.append(cut)
+    for _ in range(10 * scale):  # and at random offsets of a larger file
+        data = fresh(CT_SMALL)
+        cut = rng.randrange(PREAMBLE + 4, len(data))
+        out.append(Mutant(f"CT_small.dcm truncated at byte {cut}", data[:cut]))
     for i in range(40 * scale):
         template = (SMALL, CT_SMALL, MULTIFRAME)[i % 3]
         flips = rng.choice([1, 2, 4, 8, 32])
