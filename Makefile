@@ -51,7 +51,7 @@ clean:
 
 ## The fuzz suite at scale (its small run is part of `make test`): a real `pacsfhir serve`,
 ## PACSFHIR_FUZZ_EXAMPLES requests per route and backend (and the file corpus scaled with
-## it); figures in .cache/fuzz/figures.json. About 15 min at 200.
+## it); figures in .cache/fuzz/figures.json. About 7 min at 200.
 FUZZ_EXAMPLES ?= 200
 fuzz: setup
 	PACSFHIR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PACSFHIR_FUZZ_SERVER=subprocess \

@@ -103,7 +103,8 @@ def targets(base: str) -> dict[str, str]:
         uid = [item[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018")]
         return f"/dicom-web/studies/{uid[0]}/series/{uid[1]}/instances/{uid[2]}"
 
-    return {"patient": patient, "large": url(big), "multiframe": url(multi)}
+    count = int((multi.get("00280008", {}).get("Value") or [1])[0])
+    return {"patient": patient, "large": url(big), "multiframe": url(multi), "frames": str(count)}
 
 
 # -- hostile clients (each in its own process) ---------------------------------------
@@ -139,20 +140,25 @@ def tiny_parts_stow(base: str, ids: dict[str, str], deadline: float) -> Iterator
 
 
 def render_bomb(base: str, ids: dict[str, str], deadline: float) -> Iterator[int]:
-    """The large frame rendered at viewport=8192,8192, again and again."""
+    """The large frame rendered at viewport=8192,8192, then at its own 4096 x 4096 (a
+    render within any sane pixel budget: real work), again and again."""
+    url = ids["large"] + "/frames/1/rendered"
     with httpx.Client(base_url=base, timeout=120) as client:
         while time.monotonic() < deadline:
-            url = ids["large"] + "/frames/1/rendered"
             yield client.get(url, params={"viewport": "8192,8192"}).status_code
+            yield client.get(url).status_code
 
 
 def frame_list_bomb(base: str, ids: dict[str, str], deadline: float) -> Iterator[int]:
-    """One frame ten times in a frame list, rendered at viewport=8192,8192."""
+    """One frame ten times in a frame list at viewport=8192,8192 (on the multi-frame
+    sample and on the large frame), then every frame of the multi-frame sample once."""
+    every = ",".join(str(i) for i in range(1, int(ids["frames"]) + 1))
     with httpx.Client(base_url=base, timeout=120) as client:
         while time.monotonic() < deadline:
             for instance in (ids["multiframe"], ids["large"]):
                 url = instance + "/frames/" + ",".join(["1"] * 10) + "/rendered"
                 yield client.get(url, params={"viewport": "8192,8192"}).status_code
+            yield client.get(ids["multiframe"] + "/frames/" + every + "/rendered").status_code
 
 
 def big_search_body(base: str, ids: dict[str, str], deadline: float) -> Iterator[int]:
