@@ -66,6 +66,18 @@ class MethodNotAllowed(PacsFhirError):
     issue_code = "not-supported"
 
 
+class ServiceUnavailable(PacsFhirError):
+    """503: the request may succeed later (the index busy or unreachable, upstream work
+    still running); ``retry_after`` seconds go in the Retry-After header."""
+
+    status = 503
+    issue_code = "transient"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RejectedInstance(PacsFhirError):
     """A DICOM instance that cannot be stored; ``reason`` is a short stable key."""
 

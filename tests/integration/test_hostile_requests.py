@@ -22,9 +22,13 @@ from pacsfhir.api import dicomweb, fhir, stow
 from pacsfhir.api.app import create_app
 from pacsfhir.api.devmode import is_loopback
 from pacsfhir.archive import Archive
+from pacsfhir.dicom.ingest import ingest
 from pacsfhir.errors import ConfigurationError
+from pacsfhir.index import writer
 from pacsfhir.settings import Settings
 from tests.conftest import LiveServer, free_port
+from tests.integration.test_stow import multipart
+from tests.support.dicom_factory import load_template, write_variant
 
 # ---- development mode: the fence lives in create_app, whatever server runs it ----
 
@@ -295,3 +299,93 @@ def test_only_known_route_handlers_are_coroutines() -> None:
             if endpoint is not None and inspect.iscoroutinefunction(endpoint):
                 seen.add(endpoint)
     assert seen <= allowed, seen - allowed
+
+
+# ---- a writer that cannot get the index's write lock: 503 + Retry-After, nothing kept ----
+
+
+def test_stow_waiting_past_the_write_lock_is_503_with_retry_after(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer (an ingest, a STOW in another process) holds the write lock longer
+    than a STOW will wait: the answer is 503 with Retry-After, not a 500, nothing stays
+    staged or placed, and the same request succeeds once the lock is free."""
+    monkeypatch.setattr(writer, "WRITE_LOCK_WAIT_MS", 300)
+    path = tmp_path / "one.dcm"
+    write_variant(load_template(), path)
+    content_type, body = multipart([("application/dicom", path.read_bytes())])
+    with TestClient(create_app(archive.settings, archive)) as client:
+        with archive.engine.connect() as holder:
+            holder.begin()
+            writer.lock_index(holder)
+            busy = client.post(
+                "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+            )
+            holder.rollback()
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["retry-after"].isdigit()
+        assert "busy" in busy.headers["warning"]
+        assert list(archive.blobs.incoming.iterdir()) == []
+        assert [p for p in archive.blobs.root.rglob("*.dcm")] == []
+        again = client.post(
+            "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+        )
+    assert again.status_code == 200, again.text
+
+
+# ---- NUL: no id, UID or value holds one, and PostgreSQL text cannot ----
+
+NUL_REQUESTS = [
+    ("GET", "/fhir/ImagingStudy?patient.name=%00"),
+    ("GET", "/fhir/ImagingStudy?identifier=a%00b"),
+    ("GET", "/fhir/ImagingStudy?_id=a%00b"),
+    ("GET", "/fhir/ImagingStudy/1%002"),
+    ("GET", "/fhir/Patient/%00"),
+    ("GET", "/fhir/Patient/%00/ImagingStudy"),
+    ("GET", "/dicom-web/studies?PatientName=a%00"),
+    ("GET", "/dicom-web/studies/1.2%00/metadata"),
+    ("GET", "/fhir/Patient/a%00/$wado-rs/studies"),
+    ("POST", "/fhir/ImagingStudy/_search?modality=%00"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), NUL_REQUESTS)
+def test_nul_in_path_or_query_is_400(archive: Archive, method: str, path: str) -> None:
+    """On PostgreSQL these reached a query and failed there (DataError, 500)."""
+    with TestClient(create_app(archive.settings, archive)) as client:
+        response = client.request(method, path)
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.text
+
+
+def test_nul_in_a_post_search_body_is_400(archive: Archive) -> None:
+    with TestClient(create_app(archive.settings, archive)) as client:
+        response = client.post("/fhir/ImagingStudy/_search", data={"patient.name": "a\0b"})
+    assert response.status_code == 400, response.text
+
+
+def test_nul_inside_a_dicom_value_is_indexed_as_a_replacement_character(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A NUL inside a text value failed the whole batch on PostgreSQL (every file of it
+    lost); the index now shows it as U+FFFD and keeps the file byte for byte."""
+    folder = tmp_path / "in"
+    write_variant(load_template(), folder / "nul.dcm", StudyDescription="head\0neck")
+    write_variant(load_template(), folder / "plain.dcm")
+    summary = ingest([str(folder)], archive.engine, archive.blobs, workers=1)
+    assert summary.counts["stored"] == 2, summary.examples
+    with TestClient(create_app(archive.settings, archive)) as client:
+        bundle = client.get("/fhir/ImagingStudy").json()
+    descriptions = sorted(e["resource"].get("description", "") for e in bundle["entry"])
+    assert "head\ufffdneck" in descriptions
+
+
+def test_a_frame_count_no_column_holds_is_rejected_alone(archive: Archive, tmp_path: Path) -> None:
+    """NumberOfFrames 99999999999 (a valid IS) overflowed PostgreSQL's integer and failed
+    the whole batch; it is now that file's rejection, and the others are stored."""
+    folder = tmp_path / "in"
+    write_variant(load_template(), folder / "huge.dcm", NumberOfFrames="99999999999")
+    write_variant(load_template(), folder / "plain.dcm")
+    summary = ingest([str(folder)], archive.engine, archive.blobs, workers=1)
+    assert summary.counts["stored"] == 1, summary.examples
+    assert summary.rejected == {"malformed": 1}

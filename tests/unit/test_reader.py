@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import time
 import warnings
 from pathlib import Path
 
@@ -65,6 +66,30 @@ def test_a_file_cut_inside_a_value_is_truncated(every_element: bool) -> None:
     assert len(cuts) > 50
     outcomes = {cut: _outcome(data[:cut], every_element) for cut in cuts}
     assert {cut: o for cut, o in outcomes.items() if o != "truncated"} == {}
+
+
+def _header_then_zeros(megabytes: int) -> bytes:
+    """CT_small up to its Pixel Data, then zeros where the Pixel Data element should be."""
+    data = CT_SMALL.read_bytes()
+    pixels = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
+    with CT_SMALL.open("rb") as fp:
+        pydicom.dcmread(fp, stop_before_pixels=True)
+        header_end = fp.tell()
+    assert "PatientName" in pixels
+    return data[:header_end] + bytes(megabytes << 20)
+
+
+def test_a_valid_header_followed_by_zeros_is_refused_without_reading_them() -> None:
+    """Issue 12 item 2: zeros after a sane start were read as 8-byte elements (0.1 s of
+    CPU a MB; minutes for a part of gigabytes). The first tag lower than the one before
+    ends the read."""
+    content = _header_then_zeros(16)
+    started = time.process_time()
+    with pytest.raises(RejectedInstance) as caught:
+        read_instance(io.BytesIO(content), len(content))
+    assert time.process_time() - started < 0.2
+    assert caught.value.reason == "malformed"
+    assert "out of order" in caught.value.detail
 
 
 # -- what the index keeps of long values (item 9 of issue 12) ----------------------

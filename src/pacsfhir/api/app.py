@@ -14,6 +14,7 @@ from pacsfhir import __version__
 from pacsfhir.allocator import tune_for_streaming
 from pacsfhir.api import dicomweb, fhir
 from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
+from pacsfhir.api.guards import RejectNul
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
 from pacsfhir.settings import Settings
@@ -52,6 +53,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["ETag", "Last-Modified", "Location", "Warning", "Content-Location"],
         )
+    app.add_middleware(RejectNul)
     if settings.auth == "none":
         warn_development_mode()
         app.add_middleware(LoopbackOnly)  # outermost: added last

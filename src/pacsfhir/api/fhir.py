@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from pacsfhir.api.guards import NUL_MESSAGE
 from pacsfhir.api.responses import FhirResponse, check_format
 from pacsfhir.archive import Archive
 from pacsfhir.errors import (
@@ -140,9 +141,12 @@ def _query_pairs(request: Request) -> list[tuple[str, str]]:
 def _parse_pairs(text: str, where: str) -> list[tuple[str, str]]:
     """``a=1&b=2`` into pairs; a percent-escape that is not UTF-8 is 400, not guessed at."""
     try:
-        return parse_qsl(text, keep_blank_values=True, errors="strict")
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"{where} holds a percent-escape that is not UTF-8") from exc
+    if any("\0" in name or "\0" in value for name, value in pairs):
+        raise BadRequest(f"{where}: {NUL_MESSAGE}")
+    return pairs
 
 
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:

@@ -8,12 +8,13 @@ from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
 from pacsfhir.api.dicomweb_context import is_dicomweb
-from pacsfhir.errors import NotAcceptable, PacsFhirError
+from pacsfhir.errors import NotAcceptable, PacsFhirError, ServiceUnavailable
 from pacsfhir.mapping.bundle import operation_outcome
 
 FHIR_JSON = "application/fhir+json"
@@ -104,7 +105,17 @@ def error_response(
 
 async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PacsFhirError)
-    return error_response(request, exc.status, exc.issue_code, exc.message)
+    headers = None
+    if isinstance(exc, ServiceUnavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(request, exc.status, exc.issue_code, exc.message, headers)
+
+
+async def index_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """The index database refused or timed out (a writer's lock held past its wait, the
+    server down or restarting): transient, so 503 with Retry-After, never a 500."""
+    busy = ServiceUnavailable(f"the index database is busy or unavailable ({type(exc).__name__})")
+    return await pacsfhir_error_handler(request, busy)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -144,6 +155,7 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
 
 EXCEPTION_HANDLERS = {
     PacsFhirError: pacsfhir_error_handler,
+    OperationalError: index_unavailable_handler,
     StarletteHTTPException: http_error_handler,
     RequestValidationError: validation_error_handler,
     Exception: unexpected_error_handler,

@@ -32,6 +32,7 @@ _CHUNK = 500  # values per IN (...) list
 # the schema, so that archives in different schemas of one database do not wait on
 # each other.
 WRITE_LOCK_NAMESPACE = 0x70616373
+WRITE_LOCK_WAIT_MS = 30_000  # a writer waits this long for another's batch, then gives up
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,20 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 def lock_index(conn: Connection) -> None:
     """Take the index's write lock until this transaction ends; the transaction's first
-    statement. It waits for the writer holding it (SQLite up to its busy timeout), and
-    every statement after it sees all that writers committed before.
+    statement. It waits for the writer holding it up to ``WRITE_LOCK_WAIT_MS`` (then
+    SQLAlchemy's OperationalError: the API answers 503 with Retry-After), and every
+    statement after it sees all that writers committed before.
 
     SQLite: ``BEGIN IMMEDIATE``, the database's write lock taken up front (a deferred
     transaction that has read cannot always upgrade; readers go on under WAL).
     PostgreSQL: a transaction-level advisory lock; readers take no part in it.
     """
+    wait = int(WRITE_LOCK_WAIT_MS)
     if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {wait}")
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait}")
         conn.execute(
             text("SELECT pg_advisory_xact_lock(:namespace, hashtext(current_schema()))"),
             {"namespace": WRITE_LOCK_NAMESPACE},
