@@ -17,7 +17,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = REPO / ".cache" / "fuzz" / "figures.json"
-# 503 is the one 5xx a server may answer to a client by design (overloaded, try later).
+# 503 (index busy or unreachable, with Retry-After: errors.ServiceUnavailable) is the one
+# 5xx the server answers by design.
 ALLOWED_5XX = frozenset({503})
 
 
@@ -32,6 +33,8 @@ def problems(response: httpx.Response) -> list[str]:
     found: list[str] = []
     if status >= 500 and status not in ALLOWED_5XX:
         found.append(f"HTTP {status}")
+    if status == 503 and "retry-after" not in response.headers:
+        found.append("503 without a Retry-After header")
     if status == 405 and "allow" not in response.headers:
         found.append("405 without an Allow header")
     if status < 400:
