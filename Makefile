@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLAYWRIGHT_VERSION := 1.65.2
 
-.PHONY: setup demo serve test lint typecheck unit fhir-definitions bench clean e2e
+.PHONY: setup demo serve test lint typecheck unit fhir-definitions bench clean e2e fuzz
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache pacsfhir-demo-data
+
+## The fuzz suite at scale (its small run is part of `make test`): a real `pacsfhir serve`,
+## PACSFHIR_FUZZ_EXAMPLES requests per route and backend (and the file corpus scaled with
+## it); figures in .cache/fuzz/figures.json. About 7 min at 200.
+FUZZ_EXAMPLES ?= 200
+fuzz: setup
+	PACSFHIR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PACSFHIR_FUZZ_SERVER=subprocess \
+	$(BIN)/python -m pytest -q -p no:randomly tests/fuzz

@@ -1,5 +1,6 @@
 """``python -m bench.run``: ingest rate beside Orthanc, search latency at scale on
-SQLite and PostgreSQL, and DICOMweb (WADO-RS retrieval, QIDO-RS) beside Orthanc. Tables
+SQLite and PostgreSQL, DICOMweb (WADO-RS retrieval, QIDO-RS) beside Orthanc, and
+latency under hostile clients. Tables
 on stdout, progress on stderr, everything in a JSON file under bench/results/
 (git-ignored). See bench/README.md for what the numbers mean."""
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from bench import corpus as corpus_mod
 from bench import dicomweb as dicomweb_mod
+from bench import hostile as hostile_mod
 from bench import ingest as ingest_mod
 from bench import search as search_mod
 from bench.common import (
@@ -54,12 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "(default 100,000 studies / 1,000,000 instances, built once per backend "
             "through pacsfhir's index writer and cached; blobs are not written). dicomweb: "
             "WADO-RS retrieval of whole studies (curl) and QIDO-RS study searches, pacsfhir "
-            "beside Orthanc."
+            "beside Orthanc. hostile: latency of GET /fhir/metadata and a patient search "
+            "while hostile clients (huge slow STOW, tiny parts, render bombs, big _search "
+            "bodies) run against `pacsfhir serve`."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--only", choices=["ingest", "search", "dicomweb"], help="run one part only"
+        "--only", choices=["ingest", "search", "dicomweb", "hostile"], help="run one part only"
+    )
+    parser.add_argument(
+        "--hostile-load",
+        type=float,
+        default=20.0,
+        help="hostile: seconds of hostile clients (after 10 s of probing alone)",
     )
     parser.add_argument(
         "--backend",
@@ -341,6 +351,8 @@ def report(results: dict[str, Any]) -> str:
     dicomweb = results.get("dicomweb")
     if dicomweb:
         parts.extend(dicomweb_report(dicomweb))
+    if results.get("hostile"):
+        parts.append(hostile_mod.report(results["hostile"]))
     parts.append(targets_text(results))
     return "\n\n".join(parts)
 
@@ -648,8 +660,12 @@ def main(argv: list[str] | None = None) -> int:
                 warmup=args.warmup,
                 workdir=workdir,
             )
+        if args.only in (None, "hostile"):
+            results["hostile"] = hostile_mod.run(workdir, load_s=args.hostile_load)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = evaluate(results)
+    if "hostile" in results:
+        results["targets"] += hostile_mod.targets_met(results["hostile"])
     output = args.output or RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
