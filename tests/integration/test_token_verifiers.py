@@ -453,6 +453,26 @@ def test_introspection_active_but_not_for_us_is_401(
         introspection_verifier(issuer).verify("tok")
 
 
+def test_introspection_refusal_of_an_active_token_is_kept_briefly(issuer: TestIssuer) -> None:
+    now = Clock(time.time())
+    issuer.answers["tok"] = active(issuer, aud="https://elsewhere.example")
+    verifier = introspection_verifier(issuer, now=now)
+    for _ in range(3):
+        with pytest.raises(Unauthorized, match="audience"):
+            verifier.verify("tok")
+    assert issuer.calls["/introspect"] == 1
+    now.t += 11
+    with pytest.raises(Unauthorized, match="audience"):
+        verifier.verify("tok")
+    assert issuer.calls["/introspect"] == 2
+
+
+def test_introspection_refresh_token_refused(issuer: TestIssuer) -> None:
+    issuer.answers["tok"] = active(issuer, token_type="refresh_token")
+    with pytest.raises(Unauthorized, match="refresh"):
+        introspection_verifier(issuer).verify("tok")
+
+
 def test_introspection_without_aud_or_issuer_check(issuer: TestIssuer) -> None:
     issuer.answers["tok"] = {"active": True, "scope": "system/*.rs", "client_id": "svc"}
     info = introspection_verifier(issuer, issuer=None).verify("tok")
@@ -509,6 +529,24 @@ def test_introspection_timeout_is_503(issuer: TestIssuer) -> None:
     verifier = introspection_verifier(issuer, client=httpx.Client(timeout=0.2))
     with pytest.raises(ServiceUnavailable):
         verifier.verify("tok")
+
+
+def test_introspection_unanswered_endpoint_not_asked_again_for_a_few_seconds(
+    issuer: TestIssuer,
+) -> None:
+    now = Clock(time.time())
+    issuer.answers["tok-2"] = active(issuer)
+    issuer.delay = 1.0
+    verifier = introspection_verifier(issuer, now=now, client=httpx.Client(timeout=0.2))
+    with pytest.raises(ServiceUnavailable):
+        verifier.verify("tok-1")
+    issuer.delay = 0
+    with pytest.raises(ServiceUnavailable):  # another token, 503 without a call
+        verifier.verify("tok-2")
+    assert verifier.calls == 1
+    now.t += 6
+    assert verifier.verify("tok-2").subject == "user-1"
+    assert verifier.calls == 2
 
 
 def run_together(n: int, work: Callable[[], Any]) -> list[Any]:

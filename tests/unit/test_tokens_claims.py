@@ -138,6 +138,8 @@ def test_introspection_active(
         ({"active": True, "nbf": NOW + 120}, "nbf"),
         ({"active": True, "aud": "other"}, "audience"),
         ({"active": True, "aud": []}, "audience"),
+        ({"active": True, "token_type": "refresh_token"}, "refresh"),
+        ({"active": True, "token_type": "Refresh"}, "refresh"),
     ],
 )
 def test_introspection_refused(answer: dict[str, Any], reason: str) -> None:
@@ -166,6 +168,7 @@ def test_introspection_issuer_checked_only_when_configured() -> None:
         {"active": True, "scope": ["a"]},
         {"active": True, "patient": 1},
         {"active": True, "sub": {}},
+        {"active": True, "token_type": 1},
     ],
 )
 def test_introspection_garbled_is_503(answer: object) -> None:

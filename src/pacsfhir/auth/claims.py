@@ -150,6 +150,9 @@ def check_introspection_answer(
         return ServiceUnavailable(f"introspection answer: {message}", RETRY_AFTER_SECONDS)
 
     info = _info(answer, garbled, None)  # type errors first: a garbled answer is not a 401
+    token_type = _string(answer, "token_type", garbled)
+    if token_type is not None and "refresh" in token_type.lower():
+        raise Unauthorized("a refresh token is not an access token")
     if issuer and answer.get("iss") != issuer:
         raise Unauthorized("token issuer is not the configured issuer")
     if answer.get("aud") is not None and not _audience_ok(answer["aud"], audiences):

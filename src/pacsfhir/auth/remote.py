@@ -40,6 +40,11 @@ def check_url(name: str, url: str) -> str:
     return url
 
 
+class IssuerUnreachable(ServiceUnavailable):
+    """503 because no answer came at all (refused, reset, timed out), as opposed to a
+    bad answer: the caller may stop asking for a few seconds."""
+
+
 def unavailable(what: str) -> ServiceUnavailable:
     return ServiceUnavailable(f"{what}; try again", retry_after=RETRY_AFTER_SECONDS)
 
@@ -49,9 +54,12 @@ def fetch_json(client: httpx.Client, what: str, method: str, url: str, **kwargs:
     another status, not JSON, too large)."""
     try:
         response = client.request(method, url, **kwargs)
+    except httpx.TransportError as exc:
+        log.warning("%s at %s failed: %s", what, url, type(exc).__name__)
+        raise IssuerUnreachable(f"{what} unreachable; try again", RETRY_AFTER_SECONDS) from None
     except httpx.HTTPError as exc:
         log.warning("%s at %s failed: %s", what, url, type(exc).__name__)
-        raise unavailable(f"{what} unreachable") from None
+        raise unavailable(f"{what} failed") from None
     if response.status_code != 200:
         log.warning("%s at %s answered %d", what, url, response.status_code)
         raise unavailable(f"{what} answered {response.status_code}")
