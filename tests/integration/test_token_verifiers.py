@@ -26,6 +26,9 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, RSAKey
 
@@ -195,6 +198,58 @@ def test_jwt_nbf_and_iat_within_leeway_accepted(issuer: TestIssuer) -> None:
     now = int(time.time())
     verifier = jwt_verifier(issuer)
     assert verifier.verify(sign(claims(issuer, nbf=now + 50, iat=now + 50))).patient == "pat-1"
+
+
+def _int_b64(n: int, size: int | None = None) -> str:
+    return b64url(n.to_bytes(size or (n.bit_length() + 7) // 8, "big"))
+
+
+def _independent_key(alg: str, kid: str) -> tuple[Callable[[bytes], bytes], dict[str, Any]]:
+    """A signer built on ``cryptography`` alone and its JWK written out by hand: tokens
+    that joserfc did not produce, so the verifier is checked against another signer."""
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[alg[2:]]
+    if alg.startswith("ES"):
+        curve, size = (ec.SECP256R1(), 32) if alg == "ES256" else (ec.SECP384R1(), 48)
+        private = ec.generate_private_key(curve)
+        numbers = private.public_key().public_numbers()
+        jwk = {
+            "kty": "EC",
+            "crv": "P-256" if size == 32 else "P-384",
+            "x": _int_b64(numbers.x, size),
+            "y": _int_b64(numbers.y, size),
+        }
+
+        def sign_ec(data: bytes) -> bytes:
+            r, s = decode_dss_signature(private.sign(data, ec.ECDSA(digest)))
+            return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+        return sign_ec, {**jwk, "kid": kid, "use": "sig"}
+    rsa_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = rsa_private.public_key().public_numbers()
+    pad = (
+        padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+        if alg.startswith("PS")
+        else padding.PKCS1v15()
+    )
+    jwk = {"kty": "RSA", "n": _int_b64(public.n), "e": _int_b64(public.e), "kid": kid}
+    return lambda data: rsa_private.sign(data, pad, digest), jwk
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384"])
+def test_jwt_every_accepted_algorithm_from_an_independent_signer(
+    issuer: TestIssuer, alg: str
+) -> None:
+    signer, jwk = _independent_key(alg, f"ind-{alg}")
+    issuer.extra_jwks = [jwk]
+    header = {"alg": alg, "kid": jwk["kid"], "typ": "at+jwt"}
+    signing_input = (
+        b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims(issuer)).encode())
+    )
+    token = signing_input + "." + b64url(signer(signing_input.encode()))
+    verifier = jwt_verifier(issuer)
+    assert verifier.verify(token).patient == "pat-1"
+    with pytest.raises(Unauthorized, match="signature"):
+        verifier.verify(signing_input + "." + b64url(signer(b"something else")))
 
 
 # --- JWT: every kind of bad token is 401 ---------------------------------------------
