@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -409,3 +410,45 @@ def _part(token: str, index: int) -> bytes:
 def _current_public_jwk(server: AuthServer) -> dict[str, Any]:
     keys = httpx.get(server.jwks_url).json()["keys"]
     return next(k for k in keys if k["kid"] == server.current_kid)
+
+
+def test_a_resource_server_may_introspect_with_private_key_jwt(auth_server: AuthServer) -> None:
+    key = backend_key("EC")
+    resource_server = f"rs-{secrets.token_hex(4)}"
+    auth_server.register_client(
+        resource_server, jwks=dict(KeySet([key]).as_dict(private=False)), introspect=True
+    )
+    client_id, secret = secret_client(auth_server)
+    token = auth_server.client_credentials_token(client_id, secret, "system/*.rs")
+    response = httpx.post(
+        auth_server.introspection_url,
+        data={
+            "token": token,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion(resource_server, key, auth_server.introspection_url),
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["client_id"] == client_id
+
+
+def test_introspection_faults_and_delays_for_the_resource_server_tests(
+    fresh_auth_server: AuthServer,
+) -> None:
+    server = fresh_auth_server
+    client_id, secret = secret_client(server)
+    token = server.client_credentials_token(client_id, secret, "system/*.rs")
+    rs = (server.introspection_client_id, server.introspection_client_secret)
+    with server.introspection_answers(200, "<html>oops</html>", "text/html"):
+        garbage = introspect_as(server, token, rs)
+        assert garbage.status_code == 200
+        assert garbage.text == "<html>oops</html>"
+    assert introspect_as(server, token, rs).json()["active"] is True
+
+    with server.slow_introspection(0.3), ThreadPoolExecutor(8) as pool:
+        started = time.monotonic()
+        answers = list(pool.map(lambda _: server.introspect(token), range(8)))
+        elapsed = time.monotonic() - started
+    assert all(a["active"] for a in answers)
+    assert 0.3 <= elapsed < 1.5  # served concurrently, not one after another
+    assert server.introspection_calls == 10

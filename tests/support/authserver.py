@@ -159,6 +159,10 @@ class AuthServer:
     def introspection_calls(self) -> int:
         return self.state.introspection_calls
 
+    @introspection_calls.setter
+    def introspection_calls(self, value: int) -> None:
+        self.state.introspection_calls = value
+
     @property
     def jwks_calls(self) -> int:
         return self.state.jwks_calls
@@ -308,7 +312,9 @@ class AuthServer:
     def exchange_code(
         self, client_id: str, code: str, verifier: str, redirect_uri: str
     ) -> httpx.Response:
-        """The back channel: the code and PKCE verifier for tokens (the raw response)."""
+        """The back channel: the code and PKCE verifier for tokens (the raw response).
+        A client with a secret authenticates with it, a public one by its client_id
+        (a private_key_jwt client needs its own assertion: post it yourself)."""
         client = self.state.clients[client_id]
         data = {
             "grant_type": "authorization_code",
