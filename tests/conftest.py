@@ -187,3 +187,25 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         skip_or_fail(problem)
     with Orthanc(tmp_path_factory.mktemp("orthanc"), free_port(), free_port()) as server:
         yield server
+
+
+# -- the test authorization server (OAuth 2.0 / OpenID Connect, tests/support/authserver.py)
+
+from tests.support.authserver import AuthServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def auth_server() -> Iterator[AuthServer]:
+    """A real authorization server on a free loopback port for the whole session:
+    client credentials, authorization code + PKCE with a SMART patient picker,
+    introspection (as ``auth_server.introspection_client_id`` / ``_secret``), revocation,
+    JWT access tokens from its JWKS. Register the clients a test needs."""
+    with AuthServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_auth_server(auth_server: AuthServer) -> AuthServer:
+    """The session's authorization server with its counters, delays and faults reset."""
+    auth_server.reset()
+    return auth_server
