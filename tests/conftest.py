@@ -22,6 +22,7 @@ from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from pacsfhir.settings import Settings
+from tests.support.authserver import AuthServer
 from tests.support.orthanc import Orthanc, orthanc_problem
 
 IN_CI = os.environ.get("CI") == "true"
@@ -190,8 +191,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 
 
 # -- the test authorization server (OAuth 2.0 / OpenID Connect, tests/support/authserver.py)
-
-from tests.support.authserver import AuthServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -54,9 +54,15 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-@pytest.mark.parametrize("auth", ["jwt", "introspection"])
-def test_create_app_refuses_an_auth_mode_that_is_not_implemented(tmp_path: Path, auth: str) -> None:
-    with pytest.raises(ConfigurationError, match="not implemented"):
+@pytest.mark.parametrize(
+    ("auth", "missing"),
+    [("jwt", "jwt_issuer"), ("introspection", "introspection_url"), ("oauth", "not a token")],
+)
+def test_create_app_refuses_a_token_check_it_cannot_make(
+    tmp_path: Path, auth: str, missing: str
+) -> None:
+    """A mode without its settings (or an unknown one) never serves without checks."""
+    with pytest.raises(ConfigurationError, match=missing):
         create_app(Settings(data=str(tmp_path), auth=auth))
 
 
@@ -76,13 +82,13 @@ def _factory(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
 
 def test_uvicorn_factory_with_jwt_refuses_to_start(tmp_path: Path) -> None:
     """The issue's reproduction: ``PACSFHIR_AUTH=jwt uvicorn --factory ...`` served with no
-    token check at all."""
+    token check at all; without an issuer to check tokens against it must not start."""
     process = _factory(
         {"PACSFHIR_AUTH": "jwt", "PACSFHIR_DATA": str(tmp_path)}, "--port", str(free_port())
     )
     _, err = process.communicate(timeout=60)
     assert process.returncode != 0
-    assert b"PACSFHIR_AUTH=jwt is not implemented" in err
+    assert b"auth=jwt needs jwt_issuer" in err
 
 
 async def _asgi_get(app: object, client: tuple[str, int], server: tuple[str, int]) -> int:

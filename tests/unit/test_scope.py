@@ -50,3 +50,12 @@ def test_clause_compiles_to_each_case() -> None:
     assert str(EVERYTHING.clause().compile()) == "true"
     assert str(NOTHING.clause().compile()) == "false"
     assert "patient.resource_id" in str(A.clause().compile())
+
+
+@pytest.mark.parametrize(
+    ("scope", "everything"), [(EVERYTHING, True), (A, False), (NOTHING, False)]
+)
+def test_everything(scope: Scope, everything: bool) -> None:
+    """QIDO and STOW skip the condition only for this; a scope narrowed to nothing once
+    slipped through a ``patient_id is not None`` test and saw every study."""
+    assert scope.everything is everything

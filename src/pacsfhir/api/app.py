@@ -18,20 +18,27 @@ from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development
 from pacsfhir.api.guards import RejectNul
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
+from pacsfhir.auth.tokens import verifier_from_settings
 from pacsfhir.settings import Settings
 
 
 def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     """Build the ASGI app. ``archive`` may be passed in (tests); otherwise it is opened
     from ``settings`` and closed when the app shuts down. Refuses (ConfigurationError) an
-    authorization mode that is not implemented, and development mode off loopback."""
+    unknown authorization mode or its missing settings, and development mode off loopback."""
     check_auth_mode(settings)
+    # One token for both surfaces: an app's token names the FHIR base as its audience
+    # (SMART's aud), and the same token retrieves from the DICOMweb base it was given.
+    audiences = (settings.fhir_base_url, settings.dicomweb_base_url)
+    verifier = verifier_from_settings(settings, audiences)
     opened = archive or Archive.open(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         tune_for_streaming()  # whichever ASGI server runs the app
         yield
+        if verifier is not None:
+            verifier.close()
         if archive is None:
             opened.close()
 
@@ -45,6 +52,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
     )
     app.state.archive = opened
+    app.state.verifier = verifier
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

@@ -18,7 +18,8 @@ from fastapi import Request
 from pacsfhir.archive import Archive
 from pacsfhir.auth.policy import Need, Surface, decide, need_of
 from pacsfhir.auth.scopes import Grant, parse_scopes
-from pacsfhir.errors import Forbidden
+from pacsfhir.auth.tokens import TokenVerifier
+from pacsfhir.errors import Forbidden, Unauthorized
 from pacsfhir.index.scope import Scope
 from pacsfhir.settings import Settings
 
@@ -40,6 +41,7 @@ class Caller:
 
 
 DEVELOPER = Caller("development (PACSFHIR_AUTH=none)", grant=parse_scopes("system/*.*"))
+PUBLIC_CALLER = Caller("anyone (a public route)")
 
 
 @dataclass(frozen=True)
@@ -77,18 +79,42 @@ def _need(request: Request) -> Need | None:
         raise Forbidden(f"{request.method} {template} is not in the authorization policy") from None
 
 
+def bearer_token(request: Request) -> str:
+    """The token of ``Authorization: Bearer <token>`` (RFC 6750 2.1); 401 without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a bearer token is required (Authorization: Bearer ...)", error=None)
+    return token.strip()
+
+
+def _caller(request: Request) -> Caller:
+    """The caller a request's token stands for (the developer when no token is checked)."""
+    verifier: TokenVerifier | None = request.app.state.verifier
+    if verifier is None:
+        return DEVELOPER
+    info = verifier.verify(bearer_token(request))
+    return Caller(
+        subject=info.subject or info.client_id or "unknown",
+        client_id=info.client_id,
+        patient=info.patient,
+        grant=parse_scopes(info.scope),
+        fhir_user=info.fhir_user,
+    )
+
+
 def _build(request: Request) -> RequestContext:
+    """Runs in a worker thread (a sync dependency): token checks may wait on the network."""
     archive: Archive = request.app.state.archive
     need = _need(request)
-    caller = DEVELOPER
     path_patient = request.path_params.get("patient_id")
     scope = Scope().narrow(path_patient)
-    if need is not None:
-        access = decide(caller.grant, caller.patient, need)
-        if not access.allowed:
-            raise Forbidden(access.reason)
-        scope = scope.narrow(access.patient)
-    return RequestContext(archive, caller, scope, path_patient)
+    if need is None:  # public: capabilities and discovery
+        return RequestContext(archive, PUBLIC_CALLER, scope, path_patient)
+    caller = _caller(request)
+    access = decide(caller.grant, caller.patient, need)
+    if not access.allowed:
+        raise Forbidden(access.reason)
+    return RequestContext(archive, caller, scope.narrow(access.patient), path_patient)
 
 
 def request_context(request: Request) -> RequestContext:

@@ -5,7 +5,7 @@ It is allowed for development only, and fenced twice, wherever the app is built 
 serve`` or any ASGI server running ``create_app``):
 
 - at start: ``check_auth_mode`` refuses a configured non-loopback ``host``, and refuses
-  a mode that is not implemented rather than serving without checks;
+  a mode it does not know rather than serving without checks;
 - on every request: ``LoopbackOnly`` answers 403 to a connection whose client or local
   address is a non-loopback IP. An ASGI server started by hand (``uvicorn --factory ...
   --host 0.0.0.0``) does not tell the app the address it binds, so the fence is on the
@@ -27,7 +27,7 @@ from pacsfhir.errors import ConfigurationError
 from pacsfhir.mapping.bundle import operation_outcome
 from pacsfhir.settings import Settings
 
-IMPLEMENTED_AUTH_MODES = ("none",)
+IMPLEMENTED_AUTH_MODES = ("none", "introspection", "jwt")
 log = logging.getLogger("pacsfhir")
 
 
@@ -60,8 +60,9 @@ def check_auth_mode(settings: Settings) -> None:
     """Refuse to build an app that would serve without the protection its settings ask for."""
     if settings.auth not in IMPLEMENTED_AUTH_MODES:
         raise ConfigurationError(
-            f"PACSFHIR_AUTH={settings.auth} is not implemented yet; refusing to start "
-            "rather than serve without token checks (use none, on loopback, for development)"
+            f"PACSFHIR_AUTH={settings.auth} is not a token check this server knows; refusing "
+            "to start rather than serve without checks (introspection, jwt, or none on "
+            "loopback for development)"
         )
     if settings.auth == "none" and not is_loopback(settings.host):
         raise ConfigurationError(

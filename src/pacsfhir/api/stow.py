@@ -114,7 +114,7 @@ def _check_target(prepared: Prepared, study_uid: str | None, scope: Scope) -> in
     attrs = prepared.attributes
     if study_uid is not None and attrs.study_uid != study_uid:
         return STUDY_MISMATCH
-    if scope.patient_id is not None and patient_key(attrs) != scope.patient_id:
+    if not scope.admits(patient_key(attrs)):
         return PATIENT_MISMATCH
     return None
 

@@ -50,7 +50,9 @@ NEEDS: dict[tuple[Surface, str, str], Need | None] = {
     (Surface.FHIR, "POST", "/fhir/ImagingStudy/_search"): IMAGING_SEARCH,
     (Surface.FHIR, "GET", "/fhir/ImagingStudy/{study_id}"): IMAGING_READ,
     (Surface.FHIR, "GET", "/fhir/Patient/{patient_id}"): Need("Patient", "r"),
-    (Surface.FHIR, "GET", "/fhir/Endpoint/{endpoint_id}"): Need("Endpoint", "r"),
+    # An Endpoint says where ImagingStudy data is retrieved (a patient's base names them):
+    # reading it is reading imaging, whatever an app asked of Endpoint itself.
+    (Surface.FHIR, "GET", "/fhir/Endpoint/{endpoint_id}"): IMAGING_READ,
     (Surface.FHIR, "GET", "/fhir/Patient/{patient_id}/ImagingStudy"): IMAGING_SEARCH,
     (Surface.FHIR, "POST", "/fhir/Patient/{patient_id}/ImagingStudy/_search"): IMAGING_SEARCH,
     **{(Surface.DICOMWEB, "GET", path): IMAGING_SEARCH for path in _QIDO},

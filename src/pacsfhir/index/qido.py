@@ -535,7 +535,7 @@ def _study_condition(query: QidoQuery, scope: Scope, scan_dates: bool = False) -
         clauses.append(study.c.patient_pk.in_(select(patient.c.pk).where(*patient_clauses)))
     if query.study_uid is not None:
         clauses.append(study.c.StudyInstanceUID == query.study_uid)
-    if scope.patient_id is not None:
+    if not scope.everything:
         clauses.append(scope.clause())
     return clauses
 
@@ -656,7 +656,7 @@ def representative_blobs(conn: Connection, level: Level, pks: Sequence[int]) -> 
 def exists(conn: Connection, query: QidoQuery, scope: Scope) -> bool:
     """Does the study (and series) of the request path exist in ``scope``?"""
     clauses: list[Clause] = [study.c.StudyInstanceUID == query.study_uid]
-    if scope.patient_id is not None:
+    if not scope.everything:
         clauses.append(scope.clause())
     found: Select[Any] = select(study.c.pk).where(*clauses)
     if query.series_uid is not None:

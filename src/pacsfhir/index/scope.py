@@ -32,6 +32,11 @@ class Scope:
             return Scope(patient_id)
         return Scope(nothing=True)
 
+    @property
+    def everything(self) -> bool:
+        """Whether nothing is hidden (no condition needed)."""
+        return self.patient_id is None and not self.nothing
+
     def admits(self, patient_id: str) -> bool:
         """Whether a study or patient row of ``patient_id`` is visible."""
         if self.nothing:
