@@ -37,6 +37,15 @@ STOW = Need("ImagingStudy", "c")
         ("system/*.write", None, STOW, Access(True)),
         ("patient/ImagingStudy.rs", "a", Need("Patient", "r"), Access(False)),
         ("patient/Patient.read", "a", Need("Patient", "r"), Access(True, "a")),
+        # v2 search restrictions are not enforced yet: a restricted grant never widens
+        ("patient/ImagingStudy.rs?modality=CT", "a", IMAGING_SEARCH, Access(False)),
+        ("system/ImagingStudy.rs?modality=CT", None, IMAGING_READ, Access(False)),
+        (
+            "system/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs",
+            "a",
+            IMAGING_SEARCH,
+            Access(True, "a"),
+        ),
     ],
 )
 def test_decide(scopes: str, patient: str | None, need: Need, access: Access) -> None:

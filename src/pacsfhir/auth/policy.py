@@ -80,14 +80,28 @@ class Access:
 
 
 def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
-    """Whether ``grant`` allows ``need``, and within which patient."""
+    """Whether ``grant`` allows ``need``, and within which patient. A level granted only
+    through search-restricted v2 scopes (``?modality=CT``) does not count: restrictions
+    are not enforced yet, and a restricted grant must never act as an unrestricted one."""
     levels = grant.levels(need.resource_type, need.permission)
-    if Level.SYSTEM in levels or Level.USER in levels:
-        return Access(True)
-    if Level.PATIENT in levels:
+    restricted = False
+    for level in (Level.SYSTEM, Level.USER, Level.PATIENT):
+        if level not in levels:
+            continue
+        if grant.restrictions(need.resource_type, need.permission, level) is not None:
+            restricted = True
+            continue
+        if level is not Level.PATIENT:
+            return Access(True)
         if launch_patient is None:
             return Access(False, reason="patient-level scope without a patient in the token")
         return Access(True, patient=launch_patient)
+    if restricted:
+        return Access(
+            False,
+            reason=f"only search-restricted scopes grant {need.resource_type}."
+            f"{need.permission}; this server does not enforce such restrictions yet",
+        )
     return Access(
         False,
         reason=f"no scope grants {need.resource_type}.{need.permission} "
