@@ -218,7 +218,9 @@ def test_introspection_answers_for_issued_tokens(fresh_auth_server: AuthServer) 
 
 
 def test_introspection_answers_inactive_once_a_token_expires(auth_server: AuthServer) -> None:
-    client_id, secret = secret_client(auth_server, token_lifetime=1)
+    client_id, secret = secret_client(
+        auth_server, token_lifetime=3
+    )  # whole seconds: 1 could lapse before the first look
     token = auth_server.client_credentials_token(client_id, secret, "system/*.rs")
     assert auth_server.introspect(token)["active"] is True
     exp = jwt.decode(token, jwks_of(auth_server)).claims["exp"]
