@@ -192,15 +192,13 @@ def test_an_rle_bomb_over_the_limit_is_refused_before_decoding(tmp_path: Path) -
     assert path.stat().st_size < 2_000_000
     options = RenderOptions(max_pixels=10_000_000)
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with PixelDataFile(path) as source, pytest.raises(PayloadTooLarge) as raised:
             render(source, 0, options)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - started < 0.5
-    assert peak < 2_000_000  # the header only: nothing decoded
+    assert peak < 2_000_000  # the header only: nothing decoded (36 M samples would be 72 MB)
     assert "6000 x 6000 x 1 = 36,000,000 samples" in raised.value.message
     assert "10,000,000 (PACSFHIR_MAX_RENDER_PIXELS)" in raised.value.message
     with PixelDataFile(path) as source:  # within a limit it renders
