@@ -46,6 +46,19 @@ def a_and_b(patients: dict[str, list[str]]) -> tuple[str, str]:
     return a, b
 
 
+def jwt_mode(auth_server: AuthServer) -> dict[str, str]:
+    return {"auth": "jwt", "jwt_issuer": auth_server.issuer}
+
+
+def introspection_mode(auth_server: AuthServer) -> dict[str, str]:
+    return {
+        "auth": "introspection",
+        "introspection_url": auth_server.introspection_url,
+        "introspection_client_id": auth_server.introspection_client_id,
+        "introspection_client_secret": auth_server.introspection_client_secret,
+    }
+
+
 def _client(sample_archive: Archive, **auth: Any) -> Iterator[TestClient]:
     settings = sample_archive.settings.replace(**auth)
     shared = Archive(settings, sample_archive.engine, sample_archive.blobs)
@@ -58,15 +71,7 @@ def secured(
     request: pytest.FixtureRequest, sample_archive: Archive, auth_server: AuthServer
 ) -> Iterator[TestClient]:
     """pacsfhir checking tokens of the test authorization server, either way."""
-    if request.param == "jwt":
-        auth = {"auth": "jwt", "jwt_issuer": auth_server.issuer}
-    else:
-        auth = {
-            "auth": "introspection",
-            "introspection_url": auth_server.introspection_url,
-            "introspection_client_id": auth_server.introspection_client_id,
-            "introspection_client_secret": auth_server.introspection_client_secret,
-        }
+    auth = jwt_mode(auth_server) if request.param == "jwt" else introspection_mode(auth_server)
     yield from _client(sample_archive, **auth)
 
 
@@ -229,7 +234,7 @@ def test_bad_claims_are_401(
     auth_server: AuthServer, sample_archive: Archive, forged: dict[str, Any]
 ) -> None:
     token = auth_server.mint({"aud": FHIR_BASE, "scope": "system/*.rs", **forged})
-    for client in _client(sample_archive, auth="jwt", jwt_issuer=auth_server.issuer):
+    for client in _client(sample_archive, **jwt_mode(auth_server)):
         response = client.get("/fhir/ImagingStudy", headers=bearer(token))
         assert response.status_code == 401, response.text
         assert 'error="invalid_token"' in response.headers["www-authenticate"]
@@ -240,7 +245,7 @@ def test_alg_none_and_hmac_confusion_are_401(
     auth_server: AuthServer, sample_archive: Archive, alg: str
 ) -> None:
     token = auth_server.mint({"aud": FHIR_BASE, "scope": "system/*.rs"}, alg=alg)
-    for client in _client(sample_archive, auth="jwt", jwt_issuer=auth_server.issuer):
+    for client in _client(sample_archive, **jwt_mode(auth_server)):
         assert client.get("/fhir/ImagingStudy", headers=bearer(token)).status_code == 401
 
 
@@ -251,13 +256,7 @@ def test_a_revoked_token_is_refused_under_introspection(
         BACKEND, BACKEND_SECRET, "system/*.rs", aud=FHIR_BASE
     )
     auth_server.revoke(token)
-    for client in _client(
-        sample_archive,
-        auth="introspection",
-        introspection_url=auth_server.introspection_url,
-        introspection_client_id=auth_server.introspection_client_id,
-        introspection_client_secret=auth_server.introspection_client_secret,
-    ):
+    for client in _client(sample_archive, **introspection_mode(auth_server)):
         assert client.get("/fhir/ImagingStudy", headers=bearer(token)).status_code == 401
 
 
@@ -266,7 +265,7 @@ def test_an_unreachable_authorization_server_refuses_access_with_503(
 ) -> None:
     """A fresh server has no keys yet: with the issuer down it cannot check the token,
     so it refuses (503, the token may be fine), never grants."""
-    for client in _client(sample_archive, auth="jwt", jwt_issuer=auth_server.issuer):
+    for client in _client(sample_archive, **jwt_mode(auth_server)):
         with auth_server.down():
             response = client.get("/fhir/ImagingStudy", headers=bearer(tokens["system"]))
         assert response.status_code == 503
@@ -279,13 +278,7 @@ def test_introspection_is_asked_once_per_token_while_cached(
     token = auth_server.client_credentials_token(
         BACKEND, BACKEND_SECRET, "system/*.rs", aud=FHIR_BASE
     )
-    for client in _client(
-        sample_archive,
-        auth="introspection",
-        introspection_url=auth_server.introspection_url,
-        introspection_client_id=auth_server.introspection_client_id,
-        introspection_client_secret=auth_server.introspection_client_secret,
-    ):
+    for client in _client(sample_archive, **introspection_mode(auth_server)):
         before = auth_server.introspection_calls
         for _ in range(10):
             assert client.get("/fhir/ImagingStudy", headers=bearer(token)).status_code == 200

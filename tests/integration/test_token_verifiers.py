@@ -35,6 +35,7 @@ from joserfc.jwk import ECKey, RSAKey
 from pacsfhir.auth.introspection import IntrospectionVerifier
 from pacsfhir.auth.jwt import JwtVerifier
 from pacsfhir.errors import ServiceUnavailable, Unauthorized
+from tests.support.threads import run_together
 
 AUDIENCE = "http://127.0.0.1:8080/fhir"
 CLIENT = ("pacsfhir", "s3cret")
@@ -602,26 +603,6 @@ def test_introspection_unanswered_endpoint_not_asked_again_for_a_few_seconds(
     now.t += 6
     assert verifier.verify("tok-2").subject == "user-1"
     assert verifier.calls == 2
-
-
-def run_together(n: int, work: Callable[[], Any]) -> list[Any]:
-    """``work`` in ``n`` threads released at once; results, or the exceptions raised."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = work()
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results
 
 
 def test_introspection_single_flight(issuer: TestIssuer) -> None:

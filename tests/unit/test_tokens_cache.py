@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pacsfhir.auth.cache import SingleFlightCache
+from tests.support.threads import run_together
 
 
 class Clock:
@@ -88,24 +89,6 @@ def test_errors_are_not_cached() -> None:
     assert cache.get(b"k", lambda: ("v", clock.t + 5), clock) == "v"
 
 
-def _together(n: int, work) -> list[object]:  # type: ignore[no-untyped-def]
-    barrier, results = threading.Barrier(n), [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = work()
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    return results
-
-
 def test_concurrent_callers_share_one_load() -> None:
     cache: SingleFlightCache[str] = SingleFlightCache()
     calls = []
@@ -115,7 +98,7 @@ def test_concurrent_callers_share_one_load() -> None:
         time.sleep(0.2)
         return "v", time.time() + 60
 
-    assert _together(8, lambda: cache.get(b"k", slow, time.time)) == ["v"] * 8
+    assert run_together(8, lambda: cache.get(b"k", slow, time.time)) == ["v"] * 8
     assert len(calls) == 1
 
 
@@ -128,7 +111,7 @@ def test_concurrent_callers_share_one_failure() -> None:
         time.sleep(0.2)
         raise RuntimeError("down")
 
-    results = _together(8, lambda: cache.get(b"k", slow_fail, time.time))
+    results = run_together(8, lambda: cache.get(b"k", slow_fail, time.time))
     assert all(isinstance(r, RuntimeError) for r in results)
     assert len(calls) == 1
 
