@@ -10,6 +10,7 @@ listing each distinct one with an example."""
 
 from __future__ import annotations
 
+import base64
 import os
 
 import httpx
@@ -127,7 +128,7 @@ ISSUE_REQUESTS = [
     FuzzRequest(
         "GET",
         "/fhir/ImagingStudy",
-        "_cursor=" + __import__("base64").urlsafe_b64encode(b"[" * 1500).decode(),
+        "_cursor=" + base64.urlsafe_b64encode(b"[" * 1500).decode(),
     ),
     FuzzRequest(
         "POST",
