@@ -116,6 +116,12 @@ SETTINGS: tuple[Setting, ...] = (
         "shared by renders running at once; 413 beyond",
     ),
     Setting(
+        "audit_retention_days",
+        int,
+        2190,
+        "Days AuditEvents are kept (then removed); 0 keeps them forever",
+    ),
+    Setting(
         "cors_origins",
         str,
         "",
@@ -152,6 +158,7 @@ class Settings:
     max_upload_mb: int = 16384
     max_part_mb: int = 4096
     max_render_pixels: int = 40_000_000
+    audit_retention_days: int = 2190
     cors_origins: str = ""
 
     @property
