@@ -87,16 +87,21 @@ def pacsfhir_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def pacsfhir_server(data: Path, database_url: str, log_path: Path) -> Iterator[tuple[str, int]]:
+def pacsfhir_server(
+    data: Path, database_url: str, log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
     """``pacsfhir serve`` (uvicorn) in a subprocess on a free loopback port; yields its
-    base URL and pid, and stops it on exit."""
+    base URL and pid, and stops it on exit. ``env``: further PACSFHIR_* settings."""
     port = free_port()
     args = ["serve", "--data", str(data), "--host", "127.0.0.1", "--port", str(port)]
     if database_url:
         args += ["--database-url", database_url]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            pacsfhir_command(*args), stdout=out, stderr=subprocess.STDOUT, env=pacsfhir_env()
+            pacsfhir_command(*args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**pacsfhir_env(), **(env or {})},
         )
     base = f"http://127.0.0.1:{port}"
     try:

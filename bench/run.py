@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import auth as auth_mod
 from bench import corpus as corpus_mod
 from bench import dicomweb as dicomweb_mod
 from bench import hostile as hostile_mod
@@ -58,12 +59,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "WADO-RS retrieval of whole studies (curl) and QIDO-RS study searches, pacsfhir "
             "beside Orthanc. hostile: latency of GET /fhir/metadata and a patient search "
             "while hostile clients (huge slow STOW, tiny parts, render bombs, big _search "
-            "bodies) run against `pacsfhir serve`."
+            "bodies) run against `pacsfhir serve`. auth: what JWT and introspection token "
+            "checks add to a request, and introspection calls per token."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--only", choices=["ingest", "search", "dicomweb", "hostile"], help="run one part only"
+        "--only",
+        choices=["ingest", "search", "dicomweb", "hostile", "auth"],
+        help="run one part only",
     )
     parser.add_argument(
         "--hostile-load",
@@ -353,6 +357,8 @@ def report(results: dict[str, Any]) -> str:
         parts.extend(dicomweb_report(dicomweb))
     if results.get("hostile"):
         parts.append(hostile_mod.report(results["hostile"]))
+    if results.get("auth"):
+        parts.append(auth_mod.report(results["auth"]))
     parts.append(targets_text(results))
     return "\n\n".join(parts)
 
@@ -662,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.only in (None, "hostile"):
             results["hostile"] = hostile_mod.run(workdir, load_s=args.hostile_load)
+        if args.only in (None, "auth"):
+            results["auth"] = auth_mod.run(workdir)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = evaluate(results)
     if "hostile" in results:
