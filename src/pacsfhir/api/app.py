@@ -60,7 +60,15 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
             allow_origins=origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["ETag", "Last-Modified", "Location", "Warning", "Content-Location"],
+            expose_headers=[
+                "ETag",
+                "Last-Modified",
+                "Location",
+                "Warning",
+                "Content-Location",
+                "WWW-Authenticate",
+                "Retry-After",
+            ],
         )
     app.add_middleware(RejectNul)
     if settings.auth == "none":
