@@ -283,3 +283,21 @@ def test_introspection_is_asked_once_per_token_while_cached(
         for _ in range(10):
             assert client.get("/fhir/ImagingStudy", headers=bearer(token)).status_code == 200
         assert auth_server.introspection_calls - before == 1
+
+
+@pytest.mark.parametrize("mode", ["jwt", "introspection"])
+def test_an_app_started_again_still_checks_tokens(
+    auth_server: AuthServer, sample_archive: Archive, tokens: dict[str, str], mode: str
+) -> None:
+    """Shutdown closes the verifier's connections; a second start (a test client entered
+    again) answered 500 (a closed HTTP client) until a check reopened them."""
+    auth = jwt_mode(auth_server) if mode == "jwt" else introspection_mode(auth_server)
+    settings = sample_archive.settings.replace(**auth)
+    app = create_app(settings, Archive(settings, sample_archive.engine, sample_archive.blobs))
+    token = auth_server.client_credentials_token(
+        BACKEND, BACKEND_SECRET, "system/*.rs", aud=FHIR_BASE
+    )
+    with TestClient(app):
+        pass  # started and shut down: the verifier's connections closed, nothing fetched
+    with TestClient(app) as client:
+        assert client.get("/fhir/ImagingStudy", headers=bearer(token)).status_code == 200

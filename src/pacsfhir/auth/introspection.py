@@ -69,7 +69,15 @@ class IntrospectionVerifier:
         self.calls = 0  # introspection calls made, for tests and the bench
 
     def close(self) -> None:
+        """Close the HTTP connections (an app's shutdown); a later check opens new ones,
+        as an app whose lifespan runs again (a test client re-entered) needs."""
         self._client.close()
+
+    @property
+    def _http(self) -> httpx.Client:
+        if self._client.is_closed:
+            self._client = new_client()
+        return self._client
 
     def verify(self, token: str) -> TokenInfo:
         check_token_syntax(token)
@@ -96,7 +104,7 @@ class IntrospectionVerifier:
             self.calls += 1
         try:
             answer = fetch_json(
-                self._client,
+                self._http,
                 "token introspection",
                 "POST",
                 self.url,
