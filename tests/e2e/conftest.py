@@ -48,7 +48,18 @@ def stack(e2e_ready: None, sample_archive: Archive) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def browser(e2e_ready: None) -> Iterator[Browser]:
+def chromium_ready() -> None:
+    """Playwright and Chromium, for the tests that need no OHIF."""
+    problem = browser_problem()
+    if problem:
+        skip_or_fail(problem)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def chromium(chromium_ready: None) -> Iterator[Browser]:
+    """Debian's Chromium, headless, once per session (Playwright's sync API allows one
+    driver at a time, so every browser test shares this one)."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
@@ -57,6 +68,12 @@ def browser(e2e_ready: None) -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture(scope="session")
+def browser(e2e_ready: None, chromium: Browser) -> Browser:
+    """The shared Chromium, once OHIF is there too."""
+    return chromium
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ package ``@ohif/app``), Chromium from Debian, Playwright's driver from its PyPI 
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
 import json
 import os
 import shutil
@@ -14,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -333,3 +336,74 @@ CANVAS_STATS_JS = """
   return out;
 }
 """
+
+
+# -- SMART standalone launch (test_smart_launch.py) ------------------------------------
+
+
+class _CallbackHandler(BaseHTTPRequestHandler):
+    """The app's redirect URI: remembers each URL it was sent to, answers a small page
+    (any other path, 404)."""
+
+    owner: ClassVar[CallbackServer]
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != CallbackServer.PATH:  # the browser's favicon...
+            self.send_error(404)
+            return
+        self.owner.arrived(self.owner.origin + self.path)
+        body = b"<!doctype html><title>Signed in</title><p id='done'>Back in the app.</p>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class CallbackServer:
+    """A SMART app's redirect URI on a free loopback port (``redirect_uri``): the
+    authorization server's redirect really lands here, and ``urls`` are what arrived."""
+
+    PATH = "/smart-callback"
+
+    def __init__(self) -> None:
+        class Handler(_CallbackHandler):
+            owner = self
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.origin = f"http://127.0.0.1:{int(self.httpd.server_address[1])}"
+        self.redirect_uri = self.origin + self.PATH
+        self.urls: list[str] = []
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def arrived(self, url: str) -> None:
+        with self._lock:
+            self.urls.append(url)
+
+    def received(self) -> list[str]:
+        with self._lock:
+            return list(self.urls)
+
+    def __enter__(self) -> CallbackServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[email.message.Message]:
+    """The body parts of a ``multipart/related`` response, read by the standard
+    library's MIME parser."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.message_from_bytes(head + body, policy=email.policy.HTTP)
+    if message.get_content_type() != "multipart/related":
+        raise ValueError(f"not multipart/related: {content_type}")
+    return list(message.iter_parts())
