@@ -99,15 +99,16 @@ class AuditWriter:
         self.flush()
 
     def _run(self) -> None:
-        next_retention = 0.0
+        next_retention = 0.0  # at start, then hourly
         while True:
-            stopping = self._stop.wait(FLUSH_SECONDS)
             try:
-                self.flush()
-                if time.monotonic() >= next_retention and not stopping:
-                    self.forget_expired()
+                if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_SECONDS
+                    self.forget_expired()
+                stopping = self._stop.wait(FLUSH_SECONDS)
+                self.flush()
             except Exception as exc:  # the index down: keep trying, never crash the server
+                stopping = self._stop.is_set()
                 log.warning("audit log not written: %s", type(exc).__name__)
             if self.dropped:
                 log.warning("audit log queue full: %d records dropped", self.dropped)
