@@ -8,7 +8,8 @@ route's action, the patient and study the path named, the status and its outcome
 the query's parameter NAMES (never values: they may be PHI). ``AuditWriter`` queues the
 records and a thread inserts them at least once a second and at shutdown; a crash loses
 at most that last second. The same thread deletes events older than
-``audit_retention_days`` at start and then hourly.
+``audit_retention_days`` at start and then hourly. The access log (``pacsfhir.access``)
+names each request's route template and status, never its path or query (PHI).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # api.context calls note_caller
     from pacsfhir.api.context import Caller, RequestContext
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("pacsfhir.access")  # uvicorn's own access log is off (cli)
 
 ACTION_OF_PERMISSION = {"c": "C", "u": "U", "d": "D", "r": "R", "s": "E"}
 _STUDY_PARAMS = ("study_uid", "study", "study_id")  # as the routes name a study in a path
@@ -193,6 +195,10 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            # The access line names the route's template, never the path or the query
+            # (a Patient ID, a UID or a search value is PHI).
+            template = getattr(scope.get("route"), "path", "(no route)")
+            access_log.info("%s %s %d", scope.get("method"), template, status)
             record = record_of(scope, status)
             if record is not None:
                 self.writer.put(record)

@@ -112,5 +112,6 @@ def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
     return Access(
         False,
         reason=f"no scope grants {need.resource_type}.{need.permission} "
-        f"(e.g. patient/{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
+        f"(e.g. {'user' if need.resource_type in NOT_FOR_PATIENTS else 'patient'}/"
+        f"{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
     )
