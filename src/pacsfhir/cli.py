@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -260,7 +261,18 @@ def serve(settings: Settings) -> None:
             "[bold yellow]DEVELOPMENT MODE: no token checking (PACSFHIR_AUTH=none); "
             f"serving on loopback {settings.host} only.[/bold yellow]"
         )
-    uvicorn.run(asgi_app, host=settings.host, port=settings.port, log_level="info")
+    # uvicorn's access lines hold paths and queries (PHI): pacsfhir's own (api.recorder's
+    # "pacsfhir.access", route templates only) take their place, through uvicorn's handler.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["pacsfhir"] = {"handlers": ["default"], "level": "INFO"}
+    uvicorn.run(
+        asgi_app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        log_config=log_config,
+        access_log=False,
+    )
 
 
 @app.command("serve")

@@ -37,6 +37,11 @@ STOW = Need("ImagingStudy", "c")
         ("system/*.write", None, STOW, Access(True)),
         ("patient/ImagingStudy.rs", "a", Need("Patient", "r"), Access(False)),
         ("patient/Patient.read", "a", Need("Patient", "r"), Access(True, "a")),
+        # the audit log is about every patient: no patient-level scope reaches it
+        ("patient/*.rs", "a", Need("AuditEvent", "s"), Access(False)),
+        ("patient/AuditEvent.read", "a", Need("AuditEvent", "r"), Access(False)),
+        ("user/AuditEvent.rs", None, Need("AuditEvent", "s"), Access(True)),
+        ("system/*.rs patient/*.rs", "a", Need("AuditEvent", "r"), Access(True)),
         # v2 search restrictions are not enforced yet: a restricted grant never widens
         ("patient/ImagingStudy.rs?modality=CT", "a", IMAGING_SEARCH, Access(False)),
         ("system/ImagingStudy.rs?modality=CT", None, IMAGING_READ, Access(False)),
@@ -76,7 +81,7 @@ def test_need_of(surface: Surface, method: str, template: str, need: Need | None
     ("surface", "method", "template"),
     [
         (Surface.FHIR, "DELETE", "/fhir/ImagingStudy/{study_id}"),
-        (Surface.FHIR, "GET", "/fhir/AuditEvent"),
+        (Surface.FHIR, "GET", "/fhir/Observation"),
         (Surface.DICOMWEB, "DELETE", "/studies/{study}"),
         (Surface.DICOMWEB, "GET", "/workitems"),
     ],

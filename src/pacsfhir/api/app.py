@@ -12,10 +12,11 @@ from starlette.responses import RedirectResponse, Response
 
 from pacsfhir import __version__
 from pacsfhir.allocator import tune_for_streaming
-from pacsfhir.api import dicomweb, fhir
+from pacsfhir.api import audit, dicomweb, fhir
 from pacsfhir.api.context import request_context
 from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
 from pacsfhir.api.guards import RejectNul
+from pacsfhir.api.recorder import AuditMiddleware, AuditWriter
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
 from pacsfhir.auth.tokens import verifier_from_settings
@@ -32,11 +33,14 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     audiences = (settings.fhir_base_url, settings.dicomweb_base_url)
     verifier = verifier_from_settings(settings, audiences)
     opened = archive or Archive.open(settings)
+    audit_writer = AuditWriter(opened.engine, settings.audit_retention_days)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         tune_for_streaming()  # whichever ASGI server runs the app
+        audit_writer.start()
         yield
+        audit_writer.close()
         if verifier is not None:
             verifier.close()
         if archive is None:
@@ -53,6 +57,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     )
     app.state.archive = opened
     app.state.verifier = verifier
+    app.state.audit = audit_writer
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
@@ -70,11 +75,15 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
                 "Retry-After",
             ],
         )
+    app.add_middleware(
+        AuditMiddleware, writer=audit_writer
+    )  # reads the matched route from the scope
     app.add_middleware(RejectNul)
     if settings.auth == "none":
         warn_development_mode()
         app.add_middleware(LoopbackOnly)  # outermost: added last
     app.include_router(fhir.router, dependencies=[Depends(request_context)])
+    app.include_router(audit.router, dependencies=[Depends(request_context)])
     dicomweb.mount(app)
 
     @app.get("/", include_in_schema=False)

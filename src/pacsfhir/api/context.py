@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from pacsfhir.api.recorder import note_caller
 from pacsfhir.archive import Archive
 from pacsfhir.auth.policy import Need, Surface, decide, need_of
 from pacsfhir.auth.scopes import Grant, parse_scopes
@@ -111,6 +112,7 @@ def _build(request: Request) -> RequestContext:
     if need is None:  # public: capabilities and discovery
         return RequestContext(archive, PUBLIC_CALLER, scope, path_patient)
     caller = _caller(request)
+    note_caller(request, caller)  # the audit log names the caller of a refused request too
     access = decide(caller.grant, caller.patient, need)
     if not access.allowed:
         raise Forbidden(access.reason)

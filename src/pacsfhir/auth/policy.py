@@ -58,7 +58,12 @@ NEEDS: dict[tuple[Surface, str, str], Need | None] = {
     **{(Surface.DICOMWEB, "GET", path): IMAGING_SEARCH for path in _QIDO},
     (Surface.DICOMWEB, "POST", "/studies"): Need("ImagingStudy", "c"),
     (Surface.DICOMWEB, "POST", "/studies/{study_uid}"): Need("ImagingStudy", "c"),
+    (Surface.FHIR, "GET", "/fhir/AuditEvent"): Need("AuditEvent", "s"),
+    (Surface.FHIR, "GET", "/fhir/AuditEvent/{event_id}"): Need("AuditEvent", "r"),
 }
+
+# Resource types no patient-level scope reaches (the audit log is about every patient).
+NOT_FOR_PATIENTS = frozenset({"AuditEvent"})
 
 
 def need_of(surface: Surface, method: str, template: str) -> Need | None:
@@ -93,6 +98,8 @@ def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
             continue
         if level is not Level.PATIENT:
             return Access(True)
+        if need.resource_type in NOT_FOR_PATIENTS:
+            continue
         if launch_patient is None:
             return Access(False, reason="patient-level scope without a patient in the token")
         return Access(True, patient=launch_patient)
@@ -105,5 +112,6 @@ def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
     return Access(
         False,
         reason=f"no scope grants {need.resource_type}.{need.permission} "
-        f"(e.g. patient/{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
+        f"(e.g. {'user' if need.resource_type in NOT_FOR_PATIENTS else 'patient'}/"
+        f"{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
     )

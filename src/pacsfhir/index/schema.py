@@ -143,3 +143,31 @@ index_state = Table(
     Column("id", Integer, primary_key=True),
     Column("generation", BigInteger, nullable=False),
 )
+
+# The audit log (index.audit): one row a request to a route that needs a token, allowed
+# or refused. Search parameter NAMES only, never their values (values may be PHI).
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("recorded", BigInteger, nullable=False),  # microseconds since the epoch, UTC
+    Column("subject", Text, nullable=True),  # the token's subject (None: no caller known)
+    Column("client_id", Text, nullable=True),
+    Column("fhir_user", Text, nullable=True),
+    Column("token_patient", String(64), nullable=True),  # the SMART launch patient
+    Column("patient", String(64), nullable=True),  # the patient the path names
+    Column("study_uid", String(64), nullable=True),  # the study the path names
+    Column("address", Text, nullable=True),  # the client's network address
+    Column("method", String(8), nullable=False),
+    Column("route", Text, nullable=False),  # the route's path template, never the path
+    Column("action", String(1), nullable=False),  # AuditEvent.action: C, R or E
+    Column("outcome", Integer, nullable=False),  # AuditEvent.outcome: 0, 4 or 8
+    Column("status", Integer, nullable=False),  # the HTTP status answered
+    Column("query_names", Text, nullable=False),  # "&"-joined parameter names, no values
+)
+Index("ix_audit_event_recorded", audit_event.c.recorded)
+Index("ix_audit_event_subject", audit_event.c.subject)
+Index("ix_audit_event_client_id", audit_event.c.client_id)
+Index("ix_audit_event_patient", audit_event.c.patient)
+Index("ix_audit_event_token_patient", audit_event.c.token_patient)
+Index("ix_audit_event_study_uid", audit_event.c.study_uid)
