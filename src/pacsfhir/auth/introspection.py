@@ -29,9 +29,9 @@ from pacsfhir.auth.claims import (
 )
 from pacsfhir.auth.remote import (
     TIMEOUT_SECONDS,
+    Connections,
     IssuerUnreachable,
     fetch_json,
-    new_client,
     unavailable,
 )
 from pacsfhir.errors import Unauthorized
@@ -59,7 +59,7 @@ class IntrospectionVerifier:
         self.issuer = issuer or None
         self._auth = httpx.BasicAuth(client_id, client_secret)
         self._cache_seconds = cache_seconds
-        self._client = client or new_client()
+        self._connections = Connections(client)
         self._now = now
         self._cache: SingleFlightCache[TokenInfo | str] = SingleFlightCache(
             max_entries, wait_seconds=2 * TIMEOUT_SECONDS + 1
@@ -69,15 +69,7 @@ class IntrospectionVerifier:
         self.calls = 0  # introspection calls made, for tests and the bench
 
     def close(self) -> None:
-        """Close the HTTP connections (an app's shutdown); a later check opens new ones,
-        as an app whose lifespan runs again (a test client re-entered) needs."""
-        self._client.close()
-
-    @property
-    def _http(self) -> httpx.Client:
-        if self._client.is_closed:
-            self._client = new_client()
-        return self._client
+        self._connections.close()
 
     def verify(self, token: str) -> TokenInfo:
         check_token_syntax(token)
@@ -104,7 +96,7 @@ class IntrospectionVerifier:
             self.calls += 1
         try:
             answer = fetch_json(
-                self._http,
+                self._connections.client,
                 "token introspection",
                 "POST",
                 self.url,

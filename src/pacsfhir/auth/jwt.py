@@ -34,7 +34,7 @@ from pacsfhir.auth.claims import (
     check_jwt_claims,
     check_token_syntax,
 )
-from pacsfhir.auth.remote import fetch_json, is_safe_url, new_client, unavailable
+from pacsfhir.auth.remote import Connections, fetch_json, is_safe_url, unavailable
 from pacsfhir.errors import ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class JwtVerifier:
         self._jwks_url = jwks_url or None
         self._refresh = refresh_seconds
         self._refetch_interval = refetch_interval
-        self._client = client or new_client()
+        self._connections = Connections(client)
         self._clock = clock
         self._now = now
         self._lock = threading.Lock()
@@ -99,15 +99,7 @@ class JwtVerifier:
         self.fetches = 0  # JWKS fetches made, for tests and the bench
 
     def close(self) -> None:
-        """Close the HTTP connections (an app's shutdown); a later check opens new ones,
-        as an app whose lifespan runs again (a test client re-entered) needs."""
-        self._client.close()
-
-    @property
-    def _http(self) -> httpx.Client:
-        if self._client.is_closed:
-            self._client = new_client()
-        return self._client
+        self._connections.close()
 
     def verify(self, token: str) -> TokenInfo:
         check_token_syntax(token)
@@ -178,7 +170,7 @@ class JwtVerifier:
             raise unavailable("token issuer unreachable")
         self.fetches += 1
         try:
-            document = fetch_json(self._http, "JWKS", "GET", self._jwks_uri())
+            document = fetch_json(self._connections.client, "JWKS", "GET", self._jwks_uri())
             keys = _Keys(parse_jwks(document), self._clock())
         except ServiceUnavailable:
             self._failed_at = self._clock()
@@ -189,7 +181,7 @@ class JwtVerifier:
     def _jwks_uri(self) -> str:
         if self._jwks_url is None:
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            config = fetch_json(self._http, "OpenID discovery", "GET", url)
+            config = fetch_json(self._connections.client, "OpenID discovery", "GET", url)
             if not isinstance(config, dict) or config.get("issuer") != self.issuer:
                 raise unavailable("OpenID discovery document names another issuer")
             jwks_uri = config.get("jwks_uri")

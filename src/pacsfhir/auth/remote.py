@@ -23,6 +23,24 @@ def new_client(timeout: float = TIMEOUT_SECONDS) -> httpx.Client:
     return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
 
 
+class Connections:
+    """The HTTP client a verifier talks to its authorization server through. ``close``
+    (an app's shutdown) closes it; the next use opens a new one, as an app whose lifespan
+    runs again (a test client entered twice) needs."""
+
+    def __init__(self, client: httpx.Client | None = None) -> None:
+        self._client = client or new_client()
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client.is_closed:
+            self._client = new_client()
+        return self._client
+
+    def close(self) -> None:
+        self._client.close()
+
+
 def is_safe_url(url: str) -> bool:
     """https, or http on loopback only: keys and tokens never cross a network in clear."""
     parts = urlsplit(url)
