@@ -19,7 +19,13 @@ from pacsfhir.index import audit
 from pacsfhir.index.schema import audit_event
 from pacsfhir.mapping.audit import AuditRecord
 from pacsfhir.mapping.dates import US_PER_SECOND, format_instant
-from tests.integration.test_smart_auth import FHIR_BASE, PATIENT_SCOPES, bearer, jwt_mode
+from tests.integration.test_smart_auth import (
+    FHIR_BASE,
+    PATIENT_SCOPES,
+    bearer,
+    jwt_mode,
+    studies_by_patient,
+)
 from tests.support.authserver import AuthServer
 from tests.support.fhir_r4 import assert_valid
 
@@ -147,13 +153,7 @@ def secured(sample_archive: Archive, auth_server: AuthServer) -> Iterator[TestCl
 
 @pytest.fixture(scope="module")
 def studies(sample_archive: Archive) -> dict[str, list[str]]:
-    with TestClient(create_app(sample_archive.settings, sample_archive)) as client:
-        bundle = client.get("/fhir/ImagingStudy?_count=500").json()
-    found: dict[str, list[str]] = {}
-    for entry in bundle["entry"]:
-        study = entry["resource"]
-        found.setdefault(study["subject"]["reference"].split("/")[1], []).append(study["id"])
-    return found
+    return studies_by_patient(sample_archive)
 
 
 def test_allowed_and_refused_accesses_are_audited(

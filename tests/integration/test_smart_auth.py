@@ -28,16 +28,20 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(scope="module")
-def patients(sample_archive: Archive) -> dict[str, list[str]]:
-    """Patient id -> its study UIDs, for two patients of the samples."""
-    with TestClient(create_app(sample_archive.settings, sample_archive)) as client:
+def studies_by_patient(archive: Archive) -> dict[str, list[str]]:
+    """Patient id -> its study UIDs, as a development-mode FHIR search lists them."""
+    with TestClient(create_app(archive.settings, archive)) as client:
         bundle = client.get("/fhir/ImagingStudy?_count=500").json()
     found: dict[str, list[str]] = {}
     for entry in bundle["entry"]:
         study = entry["resource"]
         found.setdefault(study["subject"]["reference"].split("/")[1], []).append(study["id"])
     return found
+
+
+@pytest.fixture(scope="module")
+def patients(sample_archive: Archive) -> dict[str, list[str]]:
+    return studies_by_patient(sample_archive)
 
 
 @pytest.fixture(scope="module")
