@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pacsfhir.api import dicomweb, fhir, stow
-from pacsfhir.api.app import create_app
+from pacsfhir.api.app import FHIR_ROUTERS, create_app
 from pacsfhir.api.devmode import is_loopback
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
@@ -299,7 +299,7 @@ def test_only_known_route_handlers_are_coroutines() -> None:
         stow.store_study_instances,
     }
     seen = set()
-    for router in (fhir.router, *dicomweb.ROUTERS):
+    for router in (*FHIR_ROUTERS, *dicomweb.ROUTERS):
         for route in router.routes:
             endpoint = getattr(route, "endpoint", None)
             if endpoint is not None and inspect.iscoroutinefunction(endpoint):

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 
@@ -21,6 +21,10 @@ from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
 from pacsfhir.auth.tokens import verifier_from_settings
 from pacsfhir.settings import Settings
+
+# The FHIR surface's routers; DICOMweb's are api.dicomweb.ROUTERS. Each route of them takes
+# the request context.
+FHIR_ROUTERS: tuple[APIRouter, ...] = (fhir.router, audit.router)
 
 
 def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
@@ -82,8 +86,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     if settings.auth == "none":
         warn_development_mode()
         app.add_middleware(LoopbackOnly)  # outermost: added last
-    app.include_router(fhir.router, dependencies=[Depends(request_context)])
-    app.include_router(audit.router, dependencies=[Depends(request_context)])
+    for router in FHIR_ROUTERS:
+        app.include_router(router, dependencies=[Depends(request_context)])
     dicomweb.mount(app)
 
     @app.get("/", include_in_schema=False)
