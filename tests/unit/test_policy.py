@@ -12,6 +12,7 @@ from pacsfhir.auth.policy import (
     Surface,
     decide,
     need_of,
+    surface_of,
 )
 from pacsfhir.auth.scopes import parse_scopes
 
@@ -89,3 +90,17 @@ def test_need_of(surface: Surface, method: str, template: str, need: Need | None
 def test_a_route_not_listed_is_unknown(surface: Surface, method: str, template: str) -> None:
     with pytest.raises(KeyError):
         need_of(surface, method, template)
+
+
+@pytest.mark.parametrize(
+    ("path", "surface"),
+    [
+        ("/dicom-web/studies", Surface.DICOMWEB),
+        ("/fhir/Patient/p/$wado-rs/studies/1.2", Surface.DICOMWEB),
+        ("/fhir/ImagingStudy", Surface.FHIR),
+        ("/fhir/Patient/p/ImagingStudy", Surface.FHIR),
+        ("/dicom-webx/studies", Surface.FHIR),
+    ],
+)
+def test_surface_of(path: str, surface: Surface) -> None:
+    assert surface_of(path) is surface

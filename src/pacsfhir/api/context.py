@@ -17,7 +17,7 @@ from fastapi import Request
 
 from pacsfhir.api.recorder import note_caller
 from pacsfhir.archive import Archive
-from pacsfhir.auth.policy import Need, Surface, decide, need_of
+from pacsfhir.auth.policy import Need, Surface, decide, need_of, surface_of
 from pacsfhir.auth.scopes import Grant, parse_scopes
 from pacsfhir.auth.tokens import TokenVerifier
 from pacsfhir.errors import Forbidden, Unauthorized
@@ -72,10 +72,9 @@ class RequestContext:
 def _need(request: Request) -> Need | None:
     """What the matched route needs of the caller (``auth.policy``); a route the policy
     does not list is refused, whatever the mode: nothing is served by default."""
-    surface = Surface.DICOMWEB if is_dicomweb(request) else Surface.FHIR
     template = getattr(request.scope.get("route"), "path", request.url.path)
     try:
-        return need_of(surface, request.method, template)
+        return need_of(surface_of(request.url.path), request.method, template)
     except KeyError:
         raise Forbidden(f"{request.method} {template} is not in the authorization policy") from None
 
@@ -134,5 +133,4 @@ def context_of(request: Request) -> RequestContext:
 
 
 def is_dicomweb(request: Request) -> bool:
-    path = request.url.path
-    return path.startswith(DICOMWEB_PREFIX + "/") or "/$wado-rs" in path
+    return surface_of(request.url.path) is Surface.DICOMWEB

@@ -26,7 +26,7 @@ from fastapi import Request
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacsfhir.auth.policy import Surface, need_of
+from pacsfhir.auth.policy import Surface, need_of, surface_of
 from pacsfhir.index import audit
 from pacsfhir.mapping.audit import AuditRecord, outcome_of
 from pacsfhir.mapping.dates import US_PER_SECOND
@@ -134,9 +134,7 @@ def record_of(
     if template is None:
         return None
     request = Request(scope)
-    path = request.url.path
-    dicomweb = path.startswith("/dicom-web/") or "/$wado-rs" in path  # as api.context says
-    surface = Surface.DICOMWEB if dicomweb else Surface.FHIR
+    surface = surface_of(request.url.path)
     try:
         need = need_of(surface, request.method, template)
     except KeyError:

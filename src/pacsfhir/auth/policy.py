@@ -24,6 +24,13 @@ class Surface(Enum):
     DICOMWEB = "dicomweb"  # /dicom-web and /fhir/Patient/{id}/$wado-rs alike
 
 
+def surface_of(path: str) -> Surface:
+    """DICOMweb under ``/dicom-web/`` and under a patient's ``$wado-rs`` base, else FHIR."""
+    if path.startswith("/dicom-web/") or "/$wado-rs" in path:
+        return Surface.DICOMWEB
+    return Surface.FHIR
+
+
 @dataclass(frozen=True)
 class Need:
     resource_type: str
