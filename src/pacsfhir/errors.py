@@ -7,6 +7,7 @@ from __future__ import annotations
 class PacsFhirError(Exception):
     status: int = 500
     issue_code: str = "exception"
+    expression: tuple[str, ...] = ()  # FHIRPath of the element at fault, when one is
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,6 +53,27 @@ class Unauthorized(PacsFhirError):
         description = self.message.replace('"', "'").replace("\\", "/")
         text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in description)
         return f'Bearer realm="pacsfhir", error="{self.error}", error_description="{text}"'
+
+
+class InvalidResource(BadRequest):
+    """A resource in a request body that is not what it must be; ``expression`` names the
+    element (``Patient.identifier[0].value``)."""
+
+    issue_code = "invalid"
+
+    def __init__(self, message: str, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.expression = (expression,) if expression else ()
+
+
+class Conflict(PacsFhirError):
+    status = 409
+    issue_code = "conflict"
+
+
+class PreconditionFailed(PacsFhirError):
+    status = 412
+    issue_code = "conflict"
 
 
 class Forbidden(PacsFhirError):

@@ -505,6 +505,54 @@ def stow_body(sample: bytes) -> st.SearchStrategy[tuple[str, bytes]]:
     )
 
 
+def resource_body(route: Route) -> st.SearchStrategy[tuple[str, bytes]]:
+    """(Content-Type, body) for a FHIR write (``PUT /fhir/Patient/{id}``): hostile JSON,
+    Patients with odd identifiers, deep nesting, sizes past the limit, other media."""
+    json_value = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=12,
+    )
+    identifier = st.one_of(
+        json_value,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "system": st.one_of(st.text(max_size=30), json_value),
+                "value": st.one_of(st.text(max_size=30), json_value),
+                "assigner": st.one_of(
+                    st.fixed_dictionaries({"display": st.text(max_size=20)}), json_value
+                ),
+            },
+        ),
+    )
+    patient = st.fixed_dictionaries(
+        {"resourceType": st.sampled_from(["Patient", "Observation", "", "patient"])},
+        optional={
+            "id": st.one_of(st.text(max_size=70), json_value),
+            "identifier": st.one_of(st.lists(identifier, max_size=5), json_value),
+            "meta": json_value,
+            "link": json_value,
+        },
+    ).map(lambda r: json.dumps(r).encode())
+    fixed = st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"\xff\xfe",
+            b"[" * 100_000 + b"]" * 100_000,
+            b"[" * 30_000 + b"]" * 30_000,  # within the size limit, past Python's recursion
+            b'{"resourceType":"Patient","identifier":[' + b'{"value":"x"},' * 20_000 + b"{}]}",
+            b'{"resourceType":"Patient","id":"\\u0000"}',
+            b"null",
+        ]
+    )
+    content_type = st.sampled_from(
+        ["application/fhir+json", "application/json; charset=utf-8", "application/xml", "", "\x01"]
+    )
+    return st.tuples(content_type, st.one_of(patient, fixed, st.binary(max_size=200)))
+
+
 # -- whole requests -----------------------------------------------------------------
 
 WRONG_METHODS = ["PUT", "DELETE", "PATCH"]
@@ -522,8 +570,10 @@ def requests(draw: st.DrawFn, route: Route, context: Context) -> FuzzRequest:
         method = draw(st.sampled_from([*WRONG_METHODS, "GET" if method == "POST" else "POST"]))
     heads = list(draw(headers(h11=h11)))
     body: bytes | None = None
-    if method == "POST":
-        if route.path.endswith("/_search"):
+    if method in ("POST", "PUT"):
+        if method == "PUT":
+            content_type, body = draw(resource_body(route))
+        elif route.path.endswith("/_search"):
             content_type, body = draw(form_body(route))
         else:
             content_type, body = draw(stow_body(sample))

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from pacsfhir.api import dicomweb, fhir, stow
+from pacsfhir.api import dicomweb, fhir, patients, stow
 from pacsfhir.api.app import FHIR_ROUTERS, create_app
 from pacsfhir.api.devmode import is_loopback
 from pacsfhir.archive import Archive
@@ -295,6 +295,7 @@ def test_only_known_route_handlers_are_coroutines() -> None:
     allowed = {
         fhir.search_post,
         fhir.search_compartment_post,
+        patients.update_patient,
         stow.store_instances,
         stow.store_study_instances,
     }

@@ -7,7 +7,8 @@ import pytest
 from pacsfhir.index.scope import Scope
 
 EVERYTHING = Scope()
-A = Scope("a")
+A = Scope(("a",))
+A_AND_B = Scope(("a", "b"))
 NOTHING = Scope(nothing=True)
 
 
@@ -18,7 +19,10 @@ NOTHING = Scope(nothing=True)
         (EVERYTHING, "a", A),
         (A, None, A),
         (A, "a", A),
-        (A, "b", NOTHING),  # the compartment of B under a token for A
+        # the compartment of B under a token for A: studies of both, which only a DICOM
+        # patient linked to an EHR patient has (see test_admits)
+        (A, "b", A_AND_B),
+        (A_AND_B, "a", A_AND_B),
         (NOTHING, "a", NOTHING),
         (NOTHING, None, NOTHING),
     ],
@@ -28,28 +32,36 @@ def test_narrow(start: Scope, narrow_to: str | None, expected: Scope) -> None:
 
 
 @pytest.mark.parametrize(
-    ("scope", "patient", "admitted"),
+    ("scope", "patient", "linked_to", "admitted"),
     [
-        (EVERYTHING, "a", True),
-        (A, "a", True),
-        (A, "b", False),
-        (A, "A", False),  # ids are case-sensitive
-        (NOTHING, "a", False),
+        (EVERYTHING, "a", None, True),
+        (A, "a", None, True),
+        (A, "b", None, False),
+        (A, "A", None, False),  # ids are case-sensitive
+        (A, "b", "a", True),  # DICOM patient b, linked to EHR patient a
+        (A, "a", "b", True),
+        (A, "b", "c", False),
+        (A_AND_B, "a", "b", True),  # b's $wado-rs base under a token for a, b linked to a
+        (A_AND_B, "a", None, False),
+        (A_AND_B, "b", "c", False),
+        (NOTHING, "a", None, False),
     ],
 )
-def test_admits(scope: Scope, patient: str, admitted: bool) -> None:
-    assert scope.admits(patient) is admitted
+def test_admits(scope: Scope, patient: str, linked_to: str | None, admitted: bool) -> None:
+    assert scope.admits(patient, linked_to) is admitted
 
 
 def test_keys_tell_scopes_apart() -> None:
-    keys = {s.key for s in (EVERYTHING, A, Scope("b"), NOTHING)}
-    assert len(keys) == 4
+    keys = {s.key for s in (EVERYTHING, A, Scope(("b",)), A_AND_B, NOTHING)}
+    assert len(keys) == 5
 
 
 def test_clause_compiles_to_each_case() -> None:
     assert str(EVERYTHING.clause().compile()) == "true"
     assert str(NOTHING.clause().compile()) == "false"
     assert "patient.resource_id" in str(A.clause().compile())
+    assert "patient.linked_to" in str(A.clause().compile())
+    assert str(A_AND_B.clause().compile()).count("patient.linked_to") == 2
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 
 from pacsfhir import __version__
 from pacsfhir.allocator import tune_for_streaming
-from pacsfhir.api import audit, dicomweb, fhir
+from pacsfhir.api import audit, dicomweb, fhir, patients
 from pacsfhir.api.context import request_context
 from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
 from pacsfhir.api.guards import RejectNul
@@ -24,7 +24,7 @@ from pacsfhir.settings import Settings
 
 # The FHIR surface's routers; DICOMweb's are api.dicomweb.ROUTERS. Each route of them takes
 # the request context.
-FHIR_ROUTERS: tuple[APIRouter, ...] = (fhir.router, audit.router)
+FHIR_ROUTERS: tuple[APIRouter, ...] = (fhir.router, patients.router, audit.router)
 
 
 def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:

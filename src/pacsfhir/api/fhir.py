@@ -4,22 +4,23 @@ search (GET, POST _search, and the Patient compartment)."""
 from __future__ import annotations
 
 import json
-from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from pacsfhir.api.bodies import bounded_body, media_type
 from pacsfhir.api.context import context_of
 from pacsfhir.api.guards import NUL_MESSAGE
-from pacsfhir.api.responses import FhirResponse, check_format
+from pacsfhir.api.patients import patient_exists, visible_patient
+from pacsfhir.api.responses import FhirResponse, check_format, pretty_requested, read_response
 from pacsfhir.archive import Archive
 from pacsfhir.errors import (
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     TooCostly,
     UnsupportedMediaType,
 )
@@ -35,7 +36,6 @@ from pacsfhir.mapping.bundle import (
     summarise,
 )
 from pacsfhir.mapping.capability import capability_statement
-from pacsfhir.mapping.dates import fhir_period, from_micros
 from pacsfhir.mapping.endpoint import endpoint as endpoint_resource
 from pacsfhir.mapping.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint_id
 from pacsfhir.mapping.imagingstudy import imaging_study
@@ -49,34 +49,12 @@ router = APIRouter(prefix="/fhir")
 MAX_QUERY_BYTES = 16_384
 
 
-def _pretty(request: Request) -> bool:
-    return request.query_params.get("_pretty") == "true"
-
-
-def _read_headers(resource: dict[str, Any]) -> dict[str, str]:
-    meta = resource.get("meta", {})
-    headers = {"ETag": f'W/"{meta.get("versionId", "1")}"'}
-    if "lastUpdated" in meta:
-        period = fhir_period(meta["lastUpdated"])
-        if period is not None:
-            moment = from_micros(period.low)
-            headers["Last-Modified"] = format_datetime(moment, usegmt=True)
-    return headers
-
-
-def _read_response(request: Request, resource: dict[str, Any]) -> Response:
-    headers = _read_headers(resource)
-    if request.headers.get("if-none-match") == headers["ETag"]:
-        return Response(status_code=304, headers=headers)
-    return FhirResponse(resource, headers=headers, pretty=_pretty(request))
-
-
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
     check_format(request)
     context = context_of(request)
     statement = capability_statement(context.fhir_base, _oauth_uris(context.settings))
-    return FhirResponse(statement, pretty=_pretty(request))
+    return FhirResponse(statement, pretty=pretty_requested(request))
 
 
 def _oauth_uris(settings: Settings) -> OAuthUris | None:
@@ -104,7 +82,9 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
     context = context_of(request)
     with read_connection(context.archive.engine) as conn:
         rows = queries.load_studies(conn, study_uid=study_id)
-    if not rows or not context.scope.admits(rows[0].patient["resource_id"]):
+    if not rows or not context.scope.admits(
+        rows[0].patient["resource_id"], rows[0].patient["linked_to"]
+    ):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     row = rows[0]
     resource = imaging_study(
@@ -114,18 +94,7 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
         timezone=context.settings.dicom_timezone,
         endpoint_id=_endpoint_id(context.scope),
     )
-    return _read_response(request, resource)
-
-
-@router.get("/Patient/{patient_id}")
-def read_patient(request: Request, patient_id: str) -> Response:
-    check_format(request)
-    context = context_of(request)
-    with read_connection(context.archive.engine) as conn:
-        row = queries.patient_by_resource_id(conn, patient_id)
-    if row is None or not context.scope.admits(patient_id):
-        raise NotFound(f"Patient/{patient_id} is not known")
-    return _read_response(request, patient_resource(row))
+    return read_response(request, resource)
 
 
 @router.get("/Endpoint/{endpoint_id}")
@@ -143,12 +112,12 @@ def read_endpoint(request: Request, endpoint_id: str) -> Response:
         resource = _patient_endpoint(context.settings, patient_id)
     else:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
-    return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=_pretty(request))
+    return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=pretty_requested(request))
 
 
 def _patient_exists(archive: Archive, patient_id: str) -> bool:
     with read_connection(archive.engine) as conn:
-        return queries.patient_by_resource_id(conn, patient_id) is not None
+        return patient_exists(conn, patient_id)
 
 
 def _endpoint_id(scope: Scope) -> str:
@@ -184,18 +153,10 @@ def _parse_pairs(text: str, where: str) -> list[tuple[str, str]]:
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:
     """The parameters of a ``POST _search`` body, read no further than ``MAX_QUERY_BYTES``:
     a longer body is 413 before it is held in memory."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_QUERY_BYTES:
-        raise PayloadTooLarge(f"form body of {declared} bytes; the limit is {MAX_QUERY_BYTES}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_QUERY_BYTES:
-            raise PayloadTooLarge(f"form body longer than {MAX_QUERY_BYTES} bytes")
+    body = await bounded_body(request, MAX_QUERY_BYTES, "form body")
     if not body:
         return []
-    if content_type != "application/x-www-form-urlencoded":
+    if media_type(request) != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType(
             "POST _search takes application/x-www-form-urlencoded parameters"
         )
@@ -231,9 +192,7 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
         )
         with_instances = search.summary not in ("true", "text")
         rows = queries.load_studies(conn, page.study_pks, with_instances=with_instances)
-    # _include=ImagingStudy:subject: each study row already holds its whole patient row
-    subjects = {r.patient["pk"]: r.patient for r in rows} if "subject" in search.includes else {}
-    patients = [subjects[pk] for pk in sorted(subjects)]
+        subjects = _subjects(conn, rows, scope) if "subject" in search.includes else []
     fhir_base = settings.fhir_base_url
     matches = []
     for row in rows:
@@ -249,7 +208,7 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
         else:
             resource = summarise(resource, search.summary)
         matches.append((f"{fhir_base}/ImagingStudy/{resource['id']}", resource))
-    included = [(f"{fhir_base}/Patient/{p['resource_id']}", patient_resource(p)) for p in patients]
+    included = [(f"{fhir_base}/Patient/{p['id']}", p) for p in subjects]
     if "endpoint" in search.includes and rows:
         endpoint = (
             _patient_endpoint(settings, scope.patient_id)
@@ -277,7 +236,25 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
         next_url=next_url,
         outcome=outcome,
     )
-    return FhirResponse(bundle, pretty=_pretty(request))
+    return FhirResponse(bundle, pretty=pretty_requested(request))
+
+
+def _subjects(
+    conn: Connection, rows: list[queries.StudyRows], scope: Scope
+) -> list[dict[str, Any]]:
+    """``_include=ImagingStudy:subject``: the Patient each study's subject names, once
+    each: the DICOM patient's own (its row came with the study), or the EHR patient it is
+    linked to."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r.patient["pk"]):
+        linked_to = row.patient["linked_to"]
+        if linked_to is None:
+            found.setdefault(row.patient["resource_id"], patient_resource(row.patient))
+        elif linked_to not in found:
+            resource = visible_patient(conn, linked_to, scope)
+            if resource is not None:
+                found[linked_to] = resource
+    return list(found.values())
 
 
 @router.get("/ImagingStudy")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +18,7 @@ from starlette.routing import Match
 from pacsfhir.api.context import is_dicomweb
 from pacsfhir.errors import NotAcceptable, PacsFhirError, ServiceUnavailable, Unauthorized
 from pacsfhir.mapping.bundle import operation_outcome
+from pacsfhir.mapping.dates import fhir_period, from_micros
 
 FHIR_JSON = "application/fhir+json"
 _JSON_FORMATS = {"json", "application/json", FHIR_JSON, "application/json+fhir"}
@@ -61,10 +64,14 @@ def check_format(request: Request) -> None:
 
 
 def outcome_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    expression: Sequence[str] = (),
 ) -> FhirResponse:
     severity = "error" if status >= 400 else "information"
-    outcome = operation_outcome(severity, code, message)
+    outcome = operation_outcome(severity, code, message, expression)
     return FhirResponse(outcome, status_code=status, headers=headers)
 
 
@@ -96,11 +103,12 @@ def error_response(
     code: str,
     message: str,
     headers: dict[str, str] | None = None,
+    expression: Sequence[str] = (),
 ) -> Response:
     """Render an error once, at the edge: PS3.18-style on DICOMweb routes, else FHIR."""
     if is_dicomweb(request):
         return dicomweb_error(status, message, headers)
-    return outcome_response(status, code, message, headers)
+    return outcome_response(status, code, message, headers, expression)
 
 
 async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
@@ -110,7 +118,7 @@ async def pacsfhir_error_handler(request: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": exc.www_authenticate}
-    return error_response(request, exc.status, exc.issue_code, exc.message, headers)
+    return error_response(request, exc.status, exc.issue_code, exc.message, headers, exc.expression)
 
 
 async def index_unavailable_handler(request: Request, exc: Exception) -> Response:
@@ -162,3 +170,26 @@ EXCEPTION_HANDLERS = {
     RequestValidationError: validation_error_handler,
     Exception: unexpected_error_handler,
 }
+
+
+def pretty_requested(request: Request) -> bool:
+    return request.query_params.get("_pretty") == "true"
+
+
+def version_headers(resource: dict[str, Any]) -> dict[str, str]:
+    """ETag and Last-Modified of a resource, from its meta."""
+    meta = resource.get("meta", {})
+    headers = {"ETag": f'W/"{meta.get("versionId", "1")}"'}
+    if "lastUpdated" in meta:
+        period = fhir_period(meta["lastUpdated"])
+        if period is not None:
+            moment = from_micros(period.low)
+            headers["Last-Modified"] = format_datetime(moment, usegmt=True)
+    return headers
+
+
+def read_response(request: Request, resource: dict[str, Any]) -> Response:
+    headers = version_headers(resource)
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return FhirResponse(resource, headers=headers, pretty=pretty_requested(request))

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -25,11 +26,14 @@ from pacsfhir.api.context import context_of
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import Outcome, commit_batch
 from pacsfhir.dicom.prepare import Prepared, Rejected, prepare_staged
+from pacsfhir.dicom.reader import InstanceAttributes
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, receive_parts, related_boundary
 from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
+from pacsfhir.index import links
+from pacsfhir.index.engine import read_connection
 from pacsfhir.index.scope import Scope
-from pacsfhir.index.writer import patient_key
+from pacsfhir.index.writer import patient_key, patient_row
 
 router = APIRouter()
 
@@ -110,11 +114,22 @@ def _response_module(
     return module
 
 
-def _check_target(prepared: Prepared, study_uid: str | None, scope: Scope) -> int | None:
+def _link_of(engine: Engine, attrs: InstanceAttributes) -> str | None:
+    """The EHR patient an instance's patient is (or will be) linked to (index.links)."""
+    row = patient_row(attrs)
+    system = row["identifier_system"]
+    key = (row["PatientID"], system, "" if system else row["IssuerOfPatientID"])
+    with read_connection(engine) as conn:
+        return links.owner_of(conn, key)
+
+
+def _check_target(
+    engine: Engine, prepared: Prepared, study_uid: str | None, scope: Scope
+) -> int | None:
     attrs = prepared.attributes
     if study_uid is not None and attrs.study_uid != study_uid:
         return STUDY_MISMATCH
-    if not scope.admits(patient_key(attrs)):
+    if not scope.everything and not scope.admits(patient_key(attrs), _link_of(engine, attrs)):
         return PATIENT_MISMATCH
     return None
 
@@ -134,7 +149,7 @@ def _store(
         if isinstance(prepared, Rejected):
             failures.append(Failure("", "", CANNOT_UNDERSTAND))
             continue
-        reason = _check_target(prepared, study_uid, scope)
+        reason = _check_target(archive.engine, prepared, study_uid, scope)
         if reason is not None:
             archive.blobs.discard(prepared.staged.path)
             attrs = prepared.attributes

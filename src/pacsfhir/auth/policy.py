@@ -57,6 +57,9 @@ NEEDS: dict[tuple[Surface, str, str], Need | None] = {
     (Surface.FHIR, "POST", "/fhir/ImagingStudy/_search"): IMAGING_SEARCH,
     (Surface.FHIR, "GET", "/fhir/ImagingStudy/{study_id}"): IMAGING_READ,
     (Surface.FHIR, "GET", "/fhir/Patient/{patient_id}"): Need("Patient", "r"),
+    # Linking an EHR patient to DICOM patients decides whose studies a patient token
+    # sees: user and system scopes only (see NOT_FOR_PATIENTS).
+    (Surface.FHIR, "PUT", "/fhir/Patient/{patient_id}"): Need("Patient", "u"),
     # An Endpoint says where ImagingStudy data is retrieved (a patient's base names them):
     # reading it is reading imaging, whatever an app asked of Endpoint itself.
     (Surface.FHIR, "GET", "/fhir/Endpoint/{endpoint_id}"): IMAGING_READ,
@@ -69,8 +72,15 @@ NEEDS: dict[tuple[Surface, str, str], Need | None] = {
     (Surface.FHIR, "GET", "/fhir/AuditEvent/{event_id}"): Need("AuditEvent", "r"),
 }
 
-# Resource types no patient-level scope reaches (the audit log is about every patient).
-NOT_FOR_PATIENTS = frozenset({"AuditEvent"})
+# What no patient-level scope reaches: the audit log (about every patient), and writing a
+# Patient (its identifiers link DICOM patients to it: a patient's app could claim
+# another's studies).
+NOT_FOR_PATIENTS = frozenset(
+    {
+        *(Need("AuditEvent", p) for p in "cruds"),
+        *(Need("Patient", p) for p in "cud"),
+    }
+)
 
 
 def need_of(surface: Surface, method: str, template: str) -> Need | None:
@@ -105,7 +115,7 @@ def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
             continue
         if level is not Level.PATIENT:
             return Access(True)
-        if need.resource_type in NOT_FOR_PATIENTS:
+        if need in NOT_FOR_PATIENTS:
             continue
         if launch_patient is None:
             return Access(False, reason="patient-level scope without a patient in the token")
@@ -119,6 +129,6 @@ def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
     return Access(
         False,
         reason=f"no scope grants {need.resource_type}.{need.permission} "
-        f"(e.g. {'user' if need.resource_type in NOT_FOR_PATIENTS else 'patient'}/"
+        f"(e.g. {'user' if need in NOT_FOR_PATIENTS else 'patient'}/"
         f"{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
     )

@@ -48,8 +48,45 @@ patient = Table(
     Column("birth_high", BigInteger, nullable=True),
     Column("version_id", Integer, nullable=False),
     Column("last_updated", BigInteger, nullable=False),  # microseconds since the epoch
+    # the EHR patient (linked_patient.resource_id) whose identifier this patient's
+    # Patient ID matches (index.links); None: not linked
+    Column("linked_to", String(64), nullable=True, index=True),
 )
 Index("ix_patient_identifier", patient.c.PatientID, patient.c.identifier_system)
+
+# The EHR's patients (index.links): written by PUT /fhir/Patient/{id} ("fhir") or looked
+# up at the EHR ("ehr"), kept as the resource given, with their identifiers below.
+linked_patient = Table(
+    "linked_patient",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("resource_id", String(64), nullable=False, unique=True),
+    Column("resource", Text, nullable=False),  # the Patient resource, JSON, without meta
+    Column("source", String(8), nullable=False),  # "fhir" or "ehr"
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("fetched_at", BigInteger, nullable=False),  # when last read from its source
+)
+
+# An identifier of an EHR patient, as a DICOM patient row would hold it: ``value`` is a
+# Patient ID, ``system`` an identifier_system, ``issuer`` the Issuer of Patient ID when
+# ``system`` is "" (a local issuer has no URI) and "" otherwise.
+linked_identifier = Table(
+    "linked_identifier",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column(
+        "linked_pk",
+        Integer,
+        ForeignKey("linked_patient.pk", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("value", Text, nullable=False),
+    Column("system", Text, nullable=False),
+    Column("issuer", Text, nullable=False),
+)
+Index("ix_linked_identifier_key", linked_identifier.c.value, linked_identifier.c.system)
 
 study = Table(
     "study",
@@ -160,7 +197,7 @@ audit_event = Table(
     Column("address", Text, nullable=True),  # the client's network address
     Column("method", String(8), nullable=False),
     Column("route", Text, nullable=False),  # the route's path template, never the path
-    Column("action", String(1), nullable=False),  # AuditEvent.action: C, R or E
+    Column("action", String(1), nullable=False),  # AuditEvent.action: C, R, U, D or E
     Column("outcome", Integer, nullable=False),  # AuditEvent.outcome: 0, 4 or 8
     Column("status", Integer, nullable=False),  # the HTTP status answered
     Column("query_names", Text, nullable=False),  # "&"-joined parameter names, no values

@@ -4,56 +4,74 @@ The one home of that decision for every surface: FHIR search and its compartment
 reads, QIDO-RS, WADO-RS and STOW-RS all take a ``Scope`` and apply it through
 ``clause`` (in SQL) or ``admits`` (a row already read). A request's scope starts as
 everything and is only ever narrowed (``narrow``): by the path (``/fhir/Patient/{id}/...``),
-later by a token's patient; two different patients narrow to nothing.
+by a token's patient. Each narrowing is a condition every visible study meets.
+
+A patient id names a DICOM patient (its derived id) or an EHR patient (``index.links``):
+the studies of an EHR patient are those of the DICOM patients linked to it. So narrowing
+to a DICOM patient and then to the EHR patient it is linked to leaves that DICOM
+patient's studies, and narrowing to two unrelated patients leaves nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, false, select, true
+from sqlalchemy import ColumnElement, and_, false, or_, select, true
 
 from pacsfhir.index.schema import patient, study
 
 
 @dataclass(frozen=True)
 class Scope:
-    """``patient_id``: the FHIR id of the only patient visible (None: every patient);
-    ``nothing``: no study at all is visible."""
+    """``patients``: the patient ids every visible study must belong to (each a DICOM
+    patient's own id or the EHR patient it is linked to), in the order they narrowed the
+    scope; ``nothing``: no study at all is visible."""
 
-    patient_id: str | None = None
+    patients: tuple[str, ...] = ()
     nothing: bool = False
 
     def narrow(self, patient_id: str | None) -> Scope:
         """This scope, seeing at most ``patient_id``'s studies (None: no narrowing)."""
-        if patient_id is None or self.nothing:
+        if patient_id is None or self.nothing or patient_id in self.patients:
             return self
-        if self.patient_id is None or self.patient_id == patient_id:
-            return Scope(patient_id)
-        return Scope(nothing=True)
+        return Scope((*self.patients, patient_id))
+
+    @property
+    def patient_id(self) -> str | None:
+        """The patient the scope was first narrowed to (the one a path or token names,
+        whose DICOMweb base the request's Endpoints point to); None when not narrowed."""
+        return self.patients[0] if self.patients else None
 
     @property
     def everything(self) -> bool:
         """Whether nothing is hidden (no condition needed)."""
-        return self.patient_id is None and not self.nothing
+        return not self.patients and not self.nothing
 
-    def admits(self, patient_id: str) -> bool:
-        """Whether a study or patient row of ``patient_id`` is visible."""
+    def admits(self, patient_id: str, linked_to: str | None = None) -> bool:
+        """Whether a study or patient row of patient ``patient_id`` (linked to EHR patient
+        ``linked_to``, if any) is visible."""
         if self.nothing:
             return False
-        return self.patient_id is None or self.patient_id == patient_id
+        return all(p in (patient_id, linked_to) for p in self.patients)
 
     def clause(self) -> ColumnElement[bool]:
         """The condition on ``study`` rows visible in this scope."""
         if self.nothing:
             return false()
-        if self.patient_id is None:
+        if not self.patients:
             return true()
-        return study.c.patient_pk.in_(
-            select(patient.c.pk).where(patient.c.resource_id == self.patient_id)
+        return and_(
+            *(
+                study.c.patient_pk.in_(
+                    select(patient.c.pk).where(
+                        or_(patient.c.resource_id == p, patient.c.linked_to == p)
+                    )
+                )
+                for p in self.patients
+            )
         )
 
     @property
-    def key(self) -> tuple[str | None, bool]:
+    def key(self) -> tuple[tuple[str, ...], bool]:
         """Tells scopes apart where results are remembered (match counts)."""
-        return (self.patient_id, self.nothing)
+        return (self.patients, self.nothing)

@@ -28,7 +28,15 @@ from sqlalchemy.sql.elements import False_
 
 from pacsfhir.errors import InvalidSearchParameter
 from pacsfhir.index.counts import CountCache
-from pacsfhir.index.schema import instance, patient, series, study, study_code
+from pacsfhir.index.schema import (
+    instance,
+    linked_identifier,
+    linked_patient,
+    patient,
+    series,
+    study,
+    study_code,
+)
 from pacsfhir.mapping import codes
 from pacsfhir.mapping.body_part_table import BODY_PART_SNOMED
 from pacsfhir.mapping.ids import DICOM_UID_SYSTEM, ENDPOINT_ID
@@ -283,14 +291,22 @@ def _patient_clause(criterion: Criterion, now: int) -> Clause:
             alternatives.append(date_clause(value, patient.c.birth_low, patient.c.birth_high, now))
         elif criterion.param == "_id":
             assert isinstance(value, Token)
-            alternatives.append(_fixed_system_code(value, "", patient.c.resource_id))
+            alternatives.append(
+                or_(
+                    _fixed_system_code(value, "", patient.c.resource_id),
+                    _linked_and(_fixed_system_code(value, "", patient.c.linked_to)),
+                )
+            )
         elif criterion.param == "identifier":
             assert isinstance(value, Token)
             alternatives.append(
-                and_(
-                    patient.c.PatientID != "",
-                    _system_clause(value, patient.c.identifier_system),
-                    true() if value.code is None else patient.c.PatientID == value.code,
+                or_(
+                    and_(
+                        patient.c.PatientID != "",
+                        _system_clause(value, patient.c.identifier_system),
+                        true() if value.code is None else patient.c.PatientID == value.code,
+                    ),
+                    _linked_and(patient.c.linked_to.in_(_linked_with_identifier(value))),
                 )
             )
         elif criterion.param == "gender":
@@ -302,6 +318,26 @@ def _patient_clause(criterion: Criterion, now: int) -> Clause:
             )
     clause = or_(*alternatives) if alternatives else false()
     return not_(clause) if criterion.modifier == "not" else clause
+
+
+def _linked_and(condition: Clause) -> Clause:
+    """``condition`` on ``patient.linked_to``, false (not unknown) for an unlinked patient,
+    so that ``:not`` of it holds there."""
+    return and_(patient.c.linked_to.is_not(None), condition)
+
+
+def _linked_with_identifier(value: Token) -> Any:
+    """The EHR patients (index.links) holding an identifier that matches ``value``: the
+    subject of a linked DICOM patient's studies is the EHR patient, with all its
+    identifiers (an EHR identifier without a system has its issuer's name instead)."""
+    return (
+        select(linked_patient.c.resource_id)
+        .join(linked_identifier, linked_identifier.c.linked_pk == linked_patient.c.pk)
+        .where(
+            _system_clause(value, linked_identifier.c.system),
+            true() if value.code is None else linked_identifier.c.value == value.code,
+        )
+    )
 
 
 def _patient_subquery(condition: Clause) -> Clause:
@@ -361,7 +397,9 @@ def criterion_clause(criterion: Criterion, now: int, endpoint_id: str = ENDPOINT
     if param in ("patient", "subject"):
         ids = _local_ids(criterion.values, "Patient")
         if ids:
-            alternatives.append(_patient_subquery(patient.c.resource_id.in_(ids)))
+            alternatives.append(
+                _patient_subquery(or_(patient.c.resource_id.in_(ids), patient.c.linked_to.in_(ids)))
+            )
     elif param == "endpoint":
         if endpoint_id in _local_ids(criterion.values, "Endpoint"):
             alternatives.append(true())

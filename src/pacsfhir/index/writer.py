@@ -21,6 +21,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 
 from pacsfhir.dicom.reader import InstanceAttributes
 from pacsfhir.index.counts import advance_generation
+from pacsfhir.index.links import link_patients
 from pacsfhir.index.schema import instance, patient, series, study, study_code
 from pacsfhir.mapping.codes import coding_system
 from pacsfhir.mapping.dates import dicom_datetime, fhir_period
@@ -267,6 +268,7 @@ def write_instances(
     touched_series = set(series_pks.values()) | previous_series
     touched_studies = set(study_pks.values()) | _studies_of(conn, touched_series)
     _refresh_counts(conn, touched_series, touched_studies, now)
+    link_patients(conn, patient_pks.values(), now)  # a new or changed Patient ID may link
     advance_generation(conn)
 
 

@@ -22,7 +22,8 @@ SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 CLIENT_ID_SYSTEM = "urn:pacsfhir:client-id"
 SUBJECT_SYSTEM = "urn:pacsfhir:token-subject"
 
-ACTIONS = {"C": "create", "R": "read", "E": "search-type"}  # action -> restful interaction
+# action -> restful interaction
+ACTIONS = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "search-type"}
 _TYPES = {"E": ("110112", "Query")}  # everything else is 110110 "Patient Record"
 _OUTCOME_TEXT = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
@@ -33,7 +34,7 @@ class AuditRecord:
 
     id: str
     recorded: int  # microseconds since the epoch, UTC
-    action: str  # C, R or E
+    action: str  # C, R, U, D or E
     outcome: int  # 0, 4, 8 (or 12)
     status: int  # the HTTP status answered
     method: str

@@ -172,7 +172,9 @@ def imaging_study(
     modalities = study_modalities(study["modalities"].split("\\"))
     if modalities:
         resource["modality"] = [codes.modality_coding(m) for m in modalities]
-    subject: dict[str, Any] = {"reference": f"Patient/{patient['resource_id']}"}
+    # A DICOM patient linked to an EHR patient (index.links) is the EHR's patient here.
+    subject_id = patient.get("linked_to") or patient["resource_id"]
+    subject: dict[str, Any] = {"reference": f"Patient/{subject_id}"}
     patient_display = display_name(patient["PatientName"])
     if patient_display:
         subject["display"] = patient_display
