@@ -250,8 +250,9 @@ class EhrPatients:
         status, body = self._call("EHR SMART configuration", url, "GET", url)
         document = _json_object(body)
         if status != 200 or document is None:
-            log.warning("EHR SMART configuration at %s answered %d", url, status)
-            raise EhrUnavailable(f"EHR SMART configuration answered {status}")
+            shape = "a JSON object" if document is not None else "no JSON object"
+            log.warning("EHR SMART configuration at %s answered %d, %s", url, status, shape)
+            raise EhrUnavailable(f"EHR SMART configuration answered {status}, {shape}")
         token_url = document.get("token_endpoint")
         if not isinstance(token_url, str) or not is_safe_url(token_url):
             raise EhrUnavailable("EHR SMART configuration has no usable token_endpoint")
