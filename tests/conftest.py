@@ -208,3 +208,17 @@ def fresh_auth_server(auth_server: AuthServer) -> AuthServer:
     """The session's authorization server with its counters, delays and faults reset."""
     auth_server.reset()
     return auth_server
+
+
+# -- the stand-in EHR FHIR server (Patient reads behind SMART Backend Services tokens)
+
+
+@pytest.fixture
+def ehr_server(auth_server: AuthServer) -> Iterator[Any]:
+    """A stand-in EHR FHIR server (``tests.support.ehr_fhir.EhrFhirServer``) on a free
+    loopback port, checking bearer tokens at the session's ``auth_server``. Add its
+    patients, and a backend client with ``register_backend_client(auth_server, tmp_path)``."""
+    from tests.support.ehr_fhir import EhrFhirServer
+
+    with EhrFhirServer(auth_server) as server:
+        yield server

@@ -127,6 +127,32 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Comma-separated origins allowed to call the API from a browser (e.g. a viewer)",
     ),
+    Setting(
+        "ehr_fhir_url",
+        str,
+        "",
+        "The EHR's FHIR base, read for Patient/{id} (SMART Backend Services); empty: no look-up",
+    ),
+    Setting("ehr_client_id", str, "", "Our client id at the EHR's authorization server"),
+    Setting(
+        "ehr_private_key",
+        str,
+        "",
+        "PEM private key file signing our client assertions: RSA (RS384) or EC P-384 (ES384)",
+    ),
+    Setting(
+        "ehr_key_id",
+        str,
+        "",
+        "kid of the client assertions; default the RFC 7638 thumbprint of the public key",
+    ),
+    Setting(
+        "ehr_token_url",
+        str,
+        "",
+        "The EHR's token endpoint; default from {ehr_fhir_url}/.well-known/smart-configuration",
+    ),
+    Setting("ehr_scope", str, "system/Patient.rs", "Scope asked of the EHR's token endpoint"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -160,6 +186,12 @@ class Settings:
     max_render_pixels: int = 40_000_000
     audit_retention_days: int = 2190
     cors_origins: str = ""
+    ehr_fhir_url: str = ""
+    ehr_client_id: str = ""
+    ehr_private_key: str = ""
+    ehr_key_id: str = ""
+    ehr_token_url: str = ""
+    ehr_scope: str = "system/Patient.rs"
 
     @property
     def data_dir(self) -> Path:
