@@ -153,6 +153,12 @@ SETTINGS: tuple[Setting, ...] = (
         "The EHR's token endpoint; default from {ehr_fhir_url}/.well-known/smart-configuration",
     ),
     Setting("ehr_scope", str, "system/Patient.rs", "Scope asked of the EHR's token endpoint"),
+    Setting(
+        "ehr_refresh_seconds",
+        int,
+        3600,
+        "How long a patient read at the EHR (its identifiers, so its links) is trusted",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -192,6 +198,7 @@ class Settings:
     ehr_key_id: str = ""
     ehr_token_url: str = ""
     ehr_scope: str = "system/Patient.rs"
+    ehr_refresh_seconds: int = 3600
 
     @property
     def data_dir(self) -> Path:

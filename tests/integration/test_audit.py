@@ -86,10 +86,22 @@ def test_paging_follows_next_links(dev: TestClient) -> None:
     url: str | None = "/fhir/AuditEvent?_count=2&outcome=4"
     while url:
         bundle = dev.get(url).json()
+        assert bundle["total"] == 5  # every match, on every page
         seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
         nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
         url = nxt[0].replace("http://pacsfhir.test", "") if nxt else None
     assert len(seen) == 5 == len(set(seen))
+
+
+@pytest.mark.parametrize(("total", "expected"), [("none", None), ("accurate", 5), ("estimate", 5)])
+def test_total_follows_the_total_parameter(
+    dev: TestClient, total: str, expected: int | None
+) -> None:
+    for _ in range(5):
+        dev.get("/fhir/ImagingStudy/1.2.3.4.5")  # 404s: outcome 4
+    bundle = dev.get(f"/fhir/AuditEvent?outcome=4&_total={total}").json()
+    assert bundle.get("total") == expected
+    assert dev.get("/fhir/AuditEvent?_total=exactly").status_code == 400
 
 
 def test_no_search_value_is_stored(dev: TestClient, archive: Archive) -> None:

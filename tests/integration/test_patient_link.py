@@ -374,3 +374,18 @@ def test_the_write_is_audited(world: World) -> None:
     updates = [e["resource"] for e in events.get("entry", []) if e["resource"]["action"] == "U"]
     assert len(updates) == 1
     assert updates[0]["subtype"][0]["code"] == "update"
+
+
+def test_an_ehr_id_of_64_characters_gets_a_readable_endpoint(world: World) -> None:
+    long_id = "e" * 64
+    assert world.put_patient(ehr_patient(MRN_A, patient_id=long_id)).status_code == 201
+    token = world.patient_token(long_id)
+    bundle = world.client.get("/fhir/ImagingStudy", headers=token).json()
+    assert study_ids(bundle) == set(world.site_a)
+    reference = bundle["entry"][0]["resource"]["endpoint"][0]["reference"]
+    assert len(reference.removeprefix("Endpoint/")) <= 64
+    endpoint = world.client.get(f"/fhir/{reference}", headers=token)
+    assert endpoint.status_code == 200
+    assert endpoint.json()["address"] == f"{FHIR_BASE}/Patient/{long_id}/$wado-rs"
+    system = world.client.get(f"/fhir/{reference}", headers=world.token("system/*.rs"))
+    assert system.status_code == 200

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
 
 from pacsfhir.dicom.uids import is_valid_uid
-from pacsfhir.mapping.ids import issuer_system, patient_resource_id
+from pacsfhir.mapping.ids import (
+    endpoint_patient,
+    issuer_system,
+    patient_endpoint_id,
+    patient_resource_id,
+)
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -81,3 +87,34 @@ def test_issuer_system(issuer: str, qualifiers: dict[str, str], expected: str) -
 )
 def test_uid_validation(uid: str, valid: bool) -> None:
     assert is_valid_uid(uid) is valid
+
+
+LONG = "e" * 64  # an EHR id of FHIR's full 64 characters
+
+
+@pytest.mark.parametrize(
+    ("patient_id", "endpoint_id"),
+    [
+        ("p-1", "wado-p-1"),
+        ("x" * 59, "wado-" + "x" * 59),  # exactly 64
+        (LONG, "wadoh-" + hashlib.sha256(LONG.encode()).hexdigest()[:58]),
+    ],
+)
+def test_patient_endpoint_ids_fit_fhir_ids(patient_id: str, endpoint_id: str) -> None:
+    assert patient_endpoint_id(patient_id) == endpoint_id
+    assert FHIR_ID.fullmatch(endpoint_id)
+    assert endpoint_patient(endpoint_id, ["other", patient_id]) == patient_id
+
+
+@pytest.mark.parametrize(
+    ("endpoint_id", "candidates", "patient"),
+    [
+        ("dicomweb", [LONG], None),
+        ("wadoh-" + "0" * 58, [LONG], None),  # a digest of no candidate
+        (patient_endpoint_id(LONG), [], None),  # nobody to match it against
+        (patient_endpoint_id(LONG), ["f" * 64], None),
+        ("wado-h-1", [], "h-1"),  # an id that begins with h- is not a digest
+    ],
+)
+def test_endpoint_patient(endpoint_id: str, candidates: list[str], patient: str | None) -> None:
+    assert endpoint_patient(endpoint_id, candidates) == patient

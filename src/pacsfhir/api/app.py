@@ -16,9 +16,11 @@ from pacsfhir.api import audit, dicomweb, fhir, patients
 from pacsfhir.api.context import request_context
 from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
 from pacsfhir.api.guards import RejectNul
+from pacsfhir.api.identity import EhrLinker
 from pacsfhir.api.recorder import AuditMiddleware, AuditWriter
 from pacsfhir.api.responses import EXCEPTION_HANDLERS
 from pacsfhir.archive import Archive
+from pacsfhir.auth.ehr import EhrPatients
 from pacsfhir.auth.tokens import verifier_from_settings
 from pacsfhir.settings import Settings
 
@@ -37,6 +39,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     audiences = (settings.fhir_base_url, settings.dicomweb_base_url)
     verifier = verifier_from_settings(settings, audiences)
     opened = archive or Archive.open(settings)
+    ehr = EhrPatients.from_settings(settings)
+    ehr_linker = EhrLinker(opened, ehr, settings.ehr_refresh_seconds) if ehr else None
     audit_writer = AuditWriter(opened.engine, settings.audit_retention_days)
 
     @asynccontextmanager
@@ -47,6 +51,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         audit_writer.close()
         if verifier is not None:
             verifier.close()
+        if ehr_linker is not None:
+            ehr_linker.close()
         if archive is None:
             opened.close()
 
@@ -61,13 +67,14 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     )
     app.state.archive = opened
     app.state.verifier = verifier
+    app.state.ehr_linker = ehr_linker
     app.state.audit = audit_writer
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=[
                 "ETag",

@@ -25,6 +25,7 @@ router = APIRouter(prefix="/fhir")
 
 MAX_COUNT = 1000
 _IGNORED = {"_format", "_pretty"}
+_TOTALS = ("none", "estimate", "accurate")  # an estimate is the accurate count here
 _PREFIXES = ("ge", "le", "gt", "lt", "eq")
 _OUTCOMES = {"0", "4", "8", "12"}
 
@@ -82,6 +83,10 @@ def parse_audit_search(pairs: Sequence[tuple[str, str]], default_count: int) -> 
             query = replace(query, outcome=int(value))
         elif name == "entity":
             query = _entity(query, value)
+        elif name == "_total":
+            if value not in _TOTALS:
+                raise InvalidSearchParameter("_total: one of none, estimate, accurate")
+            query = replace(query, total=value != "none")
         elif name in ("_count", "_after"):
             if not (value.isascii() and value.isdigit() and len(value) < 19):
                 raise InvalidSearchParameter(f"{name}: a non-negative integer")
@@ -112,6 +117,7 @@ def search_audit_events(request: Request) -> Response:
     _writer(request)
     with read_connection(context.archive.engine) as conn:
         records, more = audit.search(conn, query)
+        total = audit.count(conn, query) if query.total else None
     base = f"{context.fhir_base}/AuditEvent"
     kept = [(n, v) for n, v in pairs if n != "_after"]
     next_url = None
@@ -119,7 +125,7 @@ def search_audit_events(request: Request) -> Response:
         next_url = link_url(base, [*kept, ("_after", records[-1].id)])
     bundle = searchset(
         matches=[(f"{base}/{r.id}", audit_event(r, context.fhir_base)) for r in records],
-        total=None,
+        total=total,
         self_url=link_url(base, pairs),
         next_url=next_url,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from pacsfhir.api.identity import EhrLinker
 from pacsfhir.api.recorder import note_caller
 from pacsfhir.archive import Archive
 from pacsfhir.auth.policy import Need, Surface, decide, need_of, surface_of
@@ -115,7 +116,18 @@ def _build(request: Request) -> RequestContext:
     access = decide(caller.grant, caller.patient, need)
     if not access.allowed:
         raise Forbidden(access.reason)
+    if need.permission in "rs":  # a write names the patient it writes: no look-up
+        _look_up_patients(request, caller.patient, path_patient)
     return RequestContext(archive, caller, scope.narrow(access.patient), path_patient)
+
+
+def _look_up_patients(request: Request, *patient_ids: str | None) -> None:
+    """With an EHR look-up configured (``api.identity``), make the links of the patients
+    this request is narrowed to current before the index is asked."""
+    linker: EhrLinker | None = request.app.state.ehr_linker
+    if linker is not None:
+        for patient_id in dict.fromkeys(p for p in patient_ids if p):
+            linker.ensure(patient_id)
 
 
 def request_context(request: Request) -> RequestContext:

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pacsfhir.api.bodies import bounded_body, media_type
-from pacsfhir.api.context import context_of
+from pacsfhir.api.context import RequestContext, context_of
 from pacsfhir.api.guards import NUL_MESSAGE
 from pacsfhir.api.patients import patient_exists, visible_patient
 from pacsfhir.api.responses import FhirResponse, check_format, pretty_requested, read_response
@@ -24,7 +24,7 @@ from pacsfhir.errors import (
     TooCostly,
     UnsupportedMediaType,
 )
-from pacsfhir.index import queries
+from pacsfhir.index import links, queries
 from pacsfhir.index.engine import read_connection
 from pacsfhir.index.scope import Scope
 from pacsfhir.index.search import search_page
@@ -101,7 +101,7 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
 def read_endpoint(request: Request, endpoint_id: str) -> Response:
     check_format(request)
     context = context_of(request)
-    patient_id = endpoint_patient(endpoint_id)
+    patient_id = endpoint_patient(endpoint_id, _long_patient_ids(context))
     if endpoint_id == ENDPOINT_ID:
         resource = endpoint_resource(context.settings.dicomweb_base_url)
     elif (
@@ -113,6 +113,13 @@ def read_endpoint(request: Request, endpoint_id: str) -> Response:
     else:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
     return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=pretty_requested(request))
+
+
+def _long_patient_ids(context: RequestContext) -> list[str]:
+    """The patient ids an Endpoint id of digest form may stand for: the request's own
+    patients, and the EHR patients with ids too long to follow ``wado-``."""
+    with read_connection(context.archive.engine) as conn:
+        return [*context.scope.patients, *links.long_ids(conn)]
 
 
 def _patient_exists(archive: Archive, patient_id: str) -> bool:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from pacsfhir.index.schema import audit_event
@@ -27,6 +27,7 @@ class AuditQuery:
     study_uid: str | None = None
     count: int = 50
     after: int | None = None
+    total: bool = True  # count every match (``_total=accurate``, the default)
 
 
 def _row(record: AuditRecord) -> dict[str, Any]:
@@ -108,6 +109,13 @@ def search(conn: Connection, query: AuditQuery) -> tuple[list[AuditRecord], bool
     )
     rows = conn.execute(statement).all()
     return [_record(r) for r in rows[: query.count]], len(rows) > query.count
+
+
+def count(conn: Connection, query: AuditQuery) -> int:
+    """How many records match ``query``, paging cursor aside (Bundle.total)."""
+    where = _where(replace(query, after=None))
+    statement = select(func.count()).select_from(audit_event).where(and_(True, *where))
+    return int(conn.execute(statement).scalar_one())
 
 
 def by_id(conn: Connection, pk: int) -> AuditRecord | None:

@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, tuple_, update
 
 from pacsfhir.index.counts import advance_generation
 from pacsfhir.index.schema import linked_identifier, linked_patient, patient, study
@@ -103,6 +103,15 @@ def linked_patients_of(conn: Connection, resource_id: str) -> list[str]:
     """The ids of the DICOM patients linked to EHR patient ``resource_id``, sorted."""
     query = select(patient.c.resource_id).where(patient.c.linked_to == resource_id)
     return sorted(conn.scalars(query))
+
+
+def long_ids(conn: Connection, longer_than: int = 59) -> list[str]:
+    """The EHR patient ids longer than ``longer_than`` characters (whose Endpoint ids are
+    digests, see ``mapping.ids.patient_endpoint_id``)."""
+    query = select(linked_patient.c.resource_id).where(
+        func.length(linked_patient.c.resource_id) > longer_than
+    )
+    return list(conn.scalars(query))
 
 
 def owner_of(conn: Connection, key: IdentityKey) -> str | None:

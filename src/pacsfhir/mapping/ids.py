@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterable
 
 # A fixed namespace so a (issuer, Patient ID) pair always yields the same Patient id.
 _PATIENT_NAMESPACE = uuid.UUID("5d8a3e2c-6f0b-4f43-9d39-3a4b6f4f6b10")
@@ -54,13 +56,25 @@ def uid_urn(uid: str) -> str:
     return f"urn:oid:{uid}"
 
 
+_HASHED_ENDPOINT = "wadoh-"  # + a digest of a patient id too long to follow "wado-"
+MAX_ID = 64
+
+
 def patient_endpoint_id(patient_id: str) -> str:
-    """The Endpoint id of a patient's scoped DICOMweb base (fits FHIR's 64 characters)."""
-    return _PATIENT_ENDPOINT + patient_id
+    """The Endpoint id of a patient's scoped DICOMweb base, within FHIR's 64 characters:
+    ``wado-{id}``, or for an id longer than 59 characters (an EHR's may be 64) ``wadoh-``
+    and 58 hex digits of its SHA-256."""
+    if len(_PATIENT_ENDPOINT) + len(patient_id) <= MAX_ID:
+        return _PATIENT_ENDPOINT + patient_id
+    digest = hashlib.sha256(patient_id.encode("utf-8")).hexdigest()
+    return _HASHED_ENDPOINT + digest[: MAX_ID - len(_HASHED_ENDPOINT)]
 
 
-def endpoint_patient(endpoint_id: str) -> str | None:
-    """The patient of a patient-scoped Endpoint id, else None."""
+def endpoint_patient(endpoint_id: str, candidates: Iterable[str] = ()) -> str | None:
+    """The patient of a patient-scoped Endpoint id, else None; a digest form names the
+    one of ``candidates`` (the long patient ids that may be meant) it was made from."""
     if endpoint_id.startswith(_PATIENT_ENDPOINT):
         return endpoint_id[len(_PATIENT_ENDPOINT) :]
+    if endpoint_id.startswith(_HASHED_ENDPOINT):
+        return next((c for c in candidates if patient_endpoint_id(c) == endpoint_id), None)
     return None
