@@ -115,7 +115,8 @@ def _build(request: Request) -> RequestContext:
     access = decide(caller.grant, caller.patient, need)
     if not access.allowed:
         raise Forbidden(access.reason)
-    return RequestContext(archive, caller, scope.narrow(access.patient), path_patient)
+    scope = scope.narrow(access.patient).restrict(access.restrictions)  # 403: none usable
+    return RequestContext(archive, caller, scope, path_patient)
 
 
 def request_context(request: Request) -> RequestContext:

@@ -80,11 +80,12 @@ def smart_configuration_document(request: Request) -> Response:
 def read_imaging_study(request: Request, study_id: str) -> Response:
     check_format(request)
     context = context_of(request)
+    scope = context.scope
     with read_connection(context.archive.engine) as conn:
-        rows = queries.load_studies(conn, study_uid=study_id)
-    if not rows or not context.scope.admits(
-        rows[0].patient["resource_id"], rows[0].patient["linked_to"]
-    ):
+        # a search restriction is tested in SQL only: out of it, the study is not known
+        hidden = scope.restricted and not queries.study_where(conn, study_id, scope.clause())
+        rows = [] if hidden else queries.load_studies(conn, study_uid=study_id)
+    if not rows or not scope.admits(rows[0].patient["resource_id"], rows[0].patient["linked_to"]):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     row = rows[0]
     resource = imaging_study(
