@@ -43,15 +43,29 @@ STOW = Need("ImagingStudy", "c")
         ("patient/AuditEvent.read", "a", Need("AuditEvent", "r"), Access(False)),
         ("user/AuditEvent.rs", None, Need("AuditEvent", "s"), Access(True)),
         ("system/*.rs patient/*.rs", "a", Need("AuditEvent", "r"), Access(True)),
-        # v2 search restrictions are not enforced yet: a restricted grant never widens
-        ("patient/ImagingStudy.rs?modality=CT", "a", IMAGING_SEARCH, Access(False)),
-        ("system/ImagingStudy.rs?modality=CT", None, IMAGING_READ, Access(False)),
+        # v2 search restrictions: honoured on ImagingStudy read and search
+        (
+            "system/ImagingStudy.rs?modality=CT system/*.rs",  # one unrestricted suffices
+            None,
+            IMAGING_SEARCH,
+            Access(True),
+        ),
+        # an unrestricted level is preferred to a broader restricted one (may under-grant)
         (
             "system/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs",
             "a",
             IMAGING_SEARCH,
             Access(True, "a"),
         ),
+        ("patient/ImagingStudy.rs?modality=CT", None, IMAGING_SEARCH, Access(False)),
+        # refused: a restricted write, Patient or AuditEvent
+        ("patient/ImagingStudy.cruds?modality=CT", "a", STOW, Access(False)),
+        ("user/ImagingStudy.cruds?modality=CT", None, STOW, Access(False)),
+        ("user/Patient.rs?gender=female", None, Need("Patient", "r"), Access(False)),
+        ("user/AuditEvent.rs?type=rest", None, Need("AuditEvent", "s"), Access(False)),
+        ("user/*.rs?modality=CT", None, Need("AuditEvent", "s"), Access(False)),
+        # a restricted read does not write, an unrestricted write is not restricted
+        ("user/ImagingStudy.rs?modality=CT user/ImagingStudy.c", None, STOW, Access(True)),
     ],
 )
 def test_decide(scopes: str, patient: str | None, need: Need, access: Access) -> None:
@@ -104,3 +118,66 @@ def test_a_route_not_listed_is_unknown(surface: Surface, method: str, template: 
 )
 def test_surface_of(path: str, surface: Surface) -> None:
     assert surface_of(path) is surface
+
+
+CT = (("modality", "CT"),)
+MR = (("modality", "MR"),)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "patient", "need", "access"),
+    [
+        ("patient/ImagingStudy.rs?modality=CT", "a", IMAGING_SEARCH, Access(True, "a")),
+        ("patient/ImagingStudy.rs?modality=CT", "a", IMAGING_READ, Access(True, "a")),
+        ("system/ImagingStudy.rs?modality=CT", None, IMAGING_READ, Access(True)),
+        ("user/*.rs?modality=CT", None, IMAGING_SEARCH, Access(True)),
+        # a restricted broad level before an unrestricted patient level without a patient
+        (
+            "user/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs",
+            None,
+            IMAGING_READ,
+            Access(True),
+        ),
+        # the first restricted level: user before patient
+        (
+            "patient/ImagingStudy.rs?modality=MR user/ImagingStudy.rs?modality=CT",
+            "a",
+            IMAGING_READ,
+            Access(True),
+        ),
+    ],
+)
+def test_decide_restricted(scopes: str, patient: str | None, need: Need, access: Access) -> None:
+    decided = decide(parse_scopes(scopes), patient, need)
+    assert (decided.allowed, decided.patient) == (access.allowed, access.patient)
+    assert decided.restrictions is not None
+
+
+@pytest.mark.parametrize(
+    ("scopes", "restrictions"),
+    [
+        ("patient/ImagingStudy.rs?modality=CT", (CT,)),
+        ("patient/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs?modality=MR", (CT, MR)),
+        ("patient/ImagingStudy.rs?modality=CT&started=ge2020", ((*CT, ("started", "ge2020")),)),
+        ("patient/ImagingStudy.rs?started=ge2020&modality=CT", ((*CT, ("started", "ge2020")),)),
+        ("patient/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs?modality=CT", (CT,)),
+        # only the level that grants: the user level's MR, not the patient level's CT
+        ("user/ImagingStudy.rs?modality=MR patient/ImagingStudy.rs?modality=CT", (MR,)),
+        ("patient/ImagingStudy.rs", None),
+    ],
+)
+def test_decide_returns_the_alternatives(
+    scopes: str, restrictions: tuple[tuple[tuple[str, str], ...], ...] | None
+) -> None:
+    decided = decide(parse_scopes(scopes), "a", IMAGING_SEARCH)
+    assert decided.allowed
+    assert decided.restrictions == restrictions
+
+
+@pytest.mark.parametrize(
+    "need", [STOW, Need("ImagingStudy", "u"), Need("Patient", "r"), Need("AuditEvent", "r")]
+)
+def test_restricted_only_refuses_what_it_cannot_restrict(need: Need) -> None:
+    decided = decide(parse_scopes("user/*.cruds?modality=CT"), None, need)
+    assert not decided.allowed
+    assert "restrict" in decided.reason

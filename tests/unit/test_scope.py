@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pacsfhir.errors import Forbidden
 from pacsfhir.index.scope import Scope
 
 EVERYTHING = Scope()
@@ -71,3 +72,69 @@ def test_everything(scope: Scope, everything: bool) -> None:
     """QIDO and STOW skip the condition only for this; a scope narrowed to nothing once
     slipped through a ``patient_id is not None`` test and saw every study."""
     assert scope.everything is everything
+
+
+CT = (("modality", "CT"),)
+MR = (("modality", "MR"),)
+A_CT = A.restrict([CT])
+
+
+def test_restrict_narrows_and_keeps_patients() -> None:
+    assert EVERYTHING.restrict(None) == EVERYTHING
+    assert A_CT.patients == ("a",)
+    assert [r.pairs for r in A_CT.restrictions[0]] == [CT]
+    assert A_CT.restrict([CT]) == A_CT  # the same narrowing twice is one
+    assert A_CT.restrict([MR]).restrictions[1][0].pairs == MR  # a second one adds
+    assert EVERYTHING.restrict([CT]).narrow("a") == A_CT  # narrowing keeps restrictions
+    assert NOTHING.restrict([CT]) == NOTHING
+
+
+def test_restricted_scope_is_not_everything() -> None:
+    """QIDO skips the clause only when everything: a restriction must keep it."""
+    restricted = EVERYTHING.restrict([CT])
+    assert not restricted.everything
+    assert restricted.restricted
+    assert not A.restricted
+    assert 'series."Modality"' in str(restricted.clause().compile())
+
+
+def test_keys_tell_restrictions_apart() -> None:
+    scopes = [
+        EVERYTHING,
+        EVERYTHING.restrict([CT]),
+        EVERYTHING.restrict([MR]),
+        EVERYTHING.restrict([CT, MR]),
+        A,
+        A_CT,
+        A_CT.restrict([MR]),
+    ]
+    assert len({s.key for s in scopes}) == len(scopes)
+    assert len(set(scopes)) == len(scopes)  # QIDO keys its counts by the scope itself
+    assert EVERYTHING.restrict([MR, CT]).key == EVERYTHING.restrict([CT, MR]).key
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        (("foo", "bar"),),  # not a search parameter
+        (("_count", "1"),),  # result parameters
+        (("_sort", "started"),),
+        (("_include", "ImagingStudy:subject"),),
+        (("_summary", "count"),),
+        (("_elements", "id"),),
+        (("modality", ""),),  # no value: would be no condition
+        (("modality:below", "CT"),),  # a modifier this server does not support
+        (("started", "2020-13"),),  # malformed
+        (("started", "ap2020"),),  # depends on the time of the request
+        (("modality", "CT"), ("foo", "bar")),  # one bad parameter spoils the alternative
+    ],
+)
+def test_unusable_restriction_grants_nothing(pairs: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(Forbidden) as refused:
+        EVERYTHING.restrict([pairs])
+    assert pairs[-1][0] in refused.value.message
+
+
+def test_an_unusable_alternative_is_dropped() -> None:
+    restricted = EVERYTHING.restrict([(("foo", "bar"),), CT])
+    assert [r.pairs for r in restricted.restrictions[0]] == [CT]

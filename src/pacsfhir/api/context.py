@@ -118,7 +118,8 @@ def _build(request: Request) -> RequestContext:
         raise Forbidden(access.reason)
     if need.permission in "rs":  # a write names the patient it writes: no look-up
         _look_up_patients(request, caller.patient, path_patient)
-    return RequestContext(archive, caller, scope.narrow(access.patient), path_patient)
+    scope = scope.narrow(access.patient).restrict(access.restrictions)  # 403: none usable
+    return RequestContext(archive, caller, scope, path_patient)
 
 
 def _look_up_patients(request: Request, *patient_ids: str | None) -> None:

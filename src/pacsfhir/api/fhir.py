@@ -17,7 +17,6 @@ from pacsfhir.api.context import RequestContext, context_of
 from pacsfhir.api.guards import NUL_MESSAGE
 from pacsfhir.api.patients import patient_exists, visible_patient
 from pacsfhir.api.responses import FhirResponse, check_format, pretty_requested, read_response
-from pacsfhir.archive import Archive
 from pacsfhir.errors import (
     BadRequest,
     NotFound,
@@ -80,11 +79,12 @@ def smart_configuration_document(request: Request) -> Response:
 def read_imaging_study(request: Request, study_id: str) -> Response:
     check_format(request)
     context = context_of(request)
+    scope = context.scope
     with read_connection(context.archive.engine) as conn:
-        rows = queries.load_studies(conn, study_uid=study_id)
-    if not rows or not context.scope.admits(
-        rows[0].patient["resource_id"], rows[0].patient["linked_to"]
-    ):
+        # a search restriction is tested in SQL only: out of it, the study is not known
+        hidden = scope.restricted and not queries.study_where(conn, study_id, scope.clause())
+        rows = [] if hidden else queries.load_studies(conn, study_uid=study_id)
+    if not rows or not scope.admits(rows[0].patient["resource_id"], rows[0].patient["linked_to"]):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     row = rows[0]
     resource = imaging_study(
@@ -107,7 +107,7 @@ def read_endpoint(request: Request, endpoint_id: str) -> Response:
     elif (
         patient_id is not None
         and context.scope.admits(patient_id)
-        and _patient_exists(context.archive, patient_id)
+        and _patient_visible(context, patient_id)
     ):
         resource = _patient_endpoint(context.settings, patient_id)
     else:
@@ -122,8 +122,12 @@ def _long_patient_ids(context: RequestContext) -> list[str]:
         return [*context.scope.patients, *links.long_ids(conn)]
 
 
-def _patient_exists(archive: Archive, patient_id: str) -> bool:
-    with read_connection(archive.engine) as conn:
+def _patient_visible(context: RequestContext, patient_id: str) -> bool:
+    """Whether the patient exists and, under a search-restricted scope, has a study the
+    restriction admits (its Endpoint must not confirm a patient the token cannot see)."""
+    with read_connection(context.archive.engine) as conn:
+        if context.scope.restricted:
+            return queries.any_study_where(conn, context.scope.narrow(patient_id).clause())
         return patient_exists(conn, patient_id)
 
 

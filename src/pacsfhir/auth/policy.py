@@ -6,9 +6,11 @@ refused (fail closed), and a test checks that every route of the app is listed.
 
 ``decide`` turns a caller's grant and launch patient into an ``Access``: refused (403),
 or allowed, narrowed to the token's patient when only patient-level scopes grant the
-permission. ``user/`` and ``system/`` scopes reach every study (the archive keeps no
-per-user rights). DICOMweb serves ImagingStudy data: its searches need ``s`` and its
-retrieves ``r`` on ImagingStudy, STOW ``c``.
+permission, and to the studies matching a v2 scope's search restriction
+(``patient/ImagingStudy.rs?modality=CT``) when only restricted scopes do. ``user/`` and
+``system/`` scopes reach every study (the archive keeps no per-user rights). DICOMweb
+serves ImagingStudy data: its searches need ``s`` and its retrieves ``r`` on
+ImagingStudy, STOW ``c``.
 """
 
 from __future__ import annotations
@@ -94,41 +96,74 @@ def need_of(surface: Surface, method: str, template: str) -> Need | None:
     raise KeyError(key)
 
 
+# A scope's search restriction: (parameter, value) pairs that must all hold; a request
+# granted through restricted scopes sees the studies matching any one of its alternatives.
+Restriction = tuple[tuple[str, str], ...]
+
+# The needs a restriction can be honoured on: the restriction is a FHIR ImagingStudy
+# search, which selects studies to read or search among. A restricted write (what would
+# the restriction say of a study not stored yet?), Patient or AuditEvent stays refused.
+RESTRICTABLE = frozenset({IMAGING_READ, IMAGING_SEARCH})
+
+
 @dataclass(frozen=True)
 class Access:
     allowed: bool
     patient: str | None = None  # the only patient visible (None: no narrowing)
     reason: str = ""
+    # the search restrictions one of which every visible study matches (None: none)
+    restrictions: tuple[Restriction, ...] | None = None
 
 
 def decide(grant: Grant, launch_patient: str | None, need: Need) -> Access:
-    """Whether ``grant`` allows ``need``, and within which patient. A level granted only
-    through search-restricted v2 scopes (``?modality=CT``) does not count: restrictions
-    are not enforced yet, and a restricted grant must never act as an unrestricted one."""
+    """Whether ``grant`` allows ``need``, within which patient and which restrictions.
+
+    The first level (system, user, patient) granting ``need`` without restriction wins;
+    failing that, the first level granting it through search-restricted scopes, with
+    their restrictions (any one suffices), and only on ``RESTRICTABLE`` needs. One level
+    is chosen, never a union of two: a restricted broad scope beside an unrestricted
+    narrow one (``user/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs``) gives the
+    patient's every study but not other patients' CTs. The choice may under-grant; it
+    never over-grants."""
     levels = grant.levels(need.resource_type, need.permission)
-    restricted = False
+    restricted: tuple[Level, tuple[Restriction, ...]] | None = None
+    refusal = ""
     for level in (Level.SYSTEM, Level.USER, Level.PATIENT):
-        if level not in levels:
+        if level not in levels or (level is Level.PATIENT and need in NOT_FOR_PATIENTS):
             continue
-        if grant.restrictions(need.resource_type, need.permission, level) is not None:
-            restricted = True
+        restrictions = grant.restrictions(need.resource_type, need.permission, level)
+        if restrictions is not None:
+            restricted = restricted or (level, restrictions)
             continue
         if level is not Level.PATIENT:
             return Access(True)
-        if need in NOT_FOR_PATIENTS:
-            continue
-        if launch_patient is None:
-            return Access(False, reason="patient-level scope without a patient in the token")
-        return Access(True, patient=launch_patient)
-    if restricted:
-        return Access(
-            False,
-            reason=f"only search-restricted scopes grant {need.resource_type}."
-            f"{need.permission}; this server does not enforce such restrictions yet",
-        )
+        if launch_patient is not None:
+            return Access(True, patient=launch_patient)
+        refusal = "patient-level scope without a patient in the token"
+    if restricted is not None:
+        return _restricted(need, launch_patient, *restricted)
+    if refusal:
+        return Access(False, reason=refusal)
     return Access(
         False,
         reason=f"no scope grants {need.resource_type}.{need.permission} "
         f"(e.g. {'user' if need in NOT_FOR_PATIENTS else 'patient'}/"
         f"{need.resource_type}.{'rs' if need.permission in 'rs' else 'cud'})",
     )
+
+
+def _restricted(
+    need: Need, launch_patient: str | None, level: Level, restrictions: tuple[Restriction, ...]
+) -> Access:
+    if need not in RESTRICTABLE or not restrictions:
+        return Access(
+            False,
+            reason=f"only search-restricted scopes grant {need.resource_type}."
+            f"{need.permission}; restrictions are honoured on ImagingStudy read and search "
+            "only",
+        )
+    if level is not Level.PATIENT:
+        return Access(True, restrictions=restrictions)
+    if launch_patient is None:
+        return Access(False, reason="patient-level scope without a patient in the token")
+    return Access(True, patient=launch_patient, restrictions=restrictions)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import ColumnElement, Connection, bindparam, select
 
 from pacsfhir.index.schema import instance, patient, series, study
 from pacsfhir.mapping.imagingstudy import SeriesRows
@@ -110,3 +110,15 @@ def load_studies(
 def patient_by_resource_id(conn: Connection, resource_id: str) -> dict[str, Any] | None:
     row = conn.execute(select(patient).where(patient.c.resource_id == resource_id)).first()
     return dict(row._mapping) if row else None
+
+
+def study_where(conn: Connection, study_uid: str, condition: ColumnElement[bool]) -> bool:
+    """Whether the study ``study_uid`` exists and meets ``condition`` (on ``study`` rows:
+    a scope's clause, for what rows read in Python cannot tell)."""
+    query = select(study.c.pk).where(study.c.StudyInstanceUID == study_uid, condition)
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def any_study_where(conn: Connection, condition: ColumnElement[bool]) -> bool:
+    """Whether some study meets ``condition`` (a scope's clause)."""
+    return conn.execute(select(study.c.pk).where(condition).limit(1)).first() is not None
