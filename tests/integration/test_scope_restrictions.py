@@ -260,6 +260,5 @@ def test_an_endpoint_confirms_only_a_patient_with_a_visible_study(world: World) 
     assert world.client.get(f"/fhir/Endpoint/wado-{world.b}", headers=auth).status_code == 404
     unrestricted = world.token("user/ImagingStudy.rs")
     assert (
-        world.client.get(f"/fhir/Endpoint/wado-{world.b}", headers=unrestricted).status_code
-        == 200
+        world.client.get(f"/fhir/Endpoint/wado-{world.b}", headers=unrestricted).status_code == 200
     )
