@@ -152,6 +152,19 @@ def sign(payload: dict[str, Any], key: RSAKey | ECKey = RSA_KEY, alg: str = "RS2
     return jwt.encode({"alg": alg, "kid": key.kid}, payload, key)
 
 
+def typed(payload: dict[str, Any], typ: Any) -> str:
+    return jwt.encode({"alg": "RS256", "kid": RSA_KEY.kid, "typ": typ}, payload, RSA_KEY)
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "JWT", "jwt", None])
+def test_jwt_access_token_types_are_accepted(issuer: TestIssuer, typ: str | None) -> None:
+    header: dict[str, Any] = {"alg": "RS256", "kid": RSA_KEY.kid}
+    if typ is not None:
+        header["typ"] = typ
+    verifier = jwt_verifier(issuer)
+    assert verifier.verify(jwt.encode(header, claims(issuer), RSA_KEY)).subject
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -309,6 +322,9 @@ def _bad_tokens(peer: TestIssuer) -> dict[str, tuple[str, str]]:
         "payload not an object": (jws.serialize_compact(header, b"[1]", RSA_KEY), "object"),
         "space inside": (good[:10] + " " + good[10:], "b64token"),
         "empty": ("", "empty"),
+        # validly signed, valid claims, but not an access token by its type (RFC 9068 4)
+        "typ logout+jwt": (typed(claims(peer), "logout+jwt"), "not an access token"),
+        "typ dpop+jwt": (typed(claims(peer), "dpop+jwt"), "not an access token"),
     }
 
 
@@ -320,7 +336,7 @@ def test_jwt_bad_tokens_are_refused(issuer: TestIssuer) -> None:
         with pytest.raises(Unauthorized, match=reason) as caught:
             verifier.verify(token)
         assert caught.value.error == "invalid_token", kind
-    assert len(cases) == 26
+    assert len(cases) == 28
     assert issuer.calls["/jwks"] == 1  # the unknown kid came inside the refetch window
 
 

@@ -11,7 +11,8 @@ Keys are fetched on first use and again after ``refresh_seconds``; a token whose
 is unknown triggers one refetch, at most once per ``refetch_interval`` (a key still
 unknown after it, or inside that window, is 401). An issuer that cannot be reached when
 keys are needed is 503, never a pass. One lock makes fetches single-flight; verifying
-reads an immutable snapshot and takes no lock.
+reads an immutable snapshot and takes no lock. A header ``typ`` other than an access
+token's (``ACCESS_TOKEN_TYPES``) is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from pacsfhir.auth.remote import Connections, fetch_json, is_safe_url, unavailab
 from pacsfhir.errors import ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
+# The header ``typ`` of an access token: RFC 9068's ``at+jwt``, or the plain ``JWT`` (or
+# none) that many issuers still put on theirs. Any other type names another kind of JWT
+# (an ID token from some issuers, a logout or security event token, a DPoP proof) that
+# must never pass as an access token, even when its claims would.
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "jwt"})
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384")
 # strict_check_header off: an issuer's extra, non-critical header fields are not a reason to
 # refuse (``crit`` is still honoured); the algorithm list is the one guard that matters.
@@ -108,6 +114,9 @@ class JwtVerifier:
             header = signed.headers()
         except (JoseError, ValueError, TypeError):
             raise Unauthorized("token is not a JWS compact serialization") from None
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES):
+            raise Unauthorized(f"token type {str(typ)[:24]!r} is not an access token")
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise Unauthorized(f"token algorithm {str(alg)[:16]!r} is not accepted")
