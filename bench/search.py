@@ -87,6 +87,11 @@ def probes(
             _bundle(lambda b: b.get("total", 0) >= 1, "at least one study"),
         ),
         Probe(
+            "Patient/<id>/ImagingStudy (compartment)",
+            lambda i: client.build_request("GET", f"/fhir/Patient/{pick(i)[2]}/ImagingStudy"),
+            _bundle(lambda b: b.get("total", 0) >= 1, "at least one study"),
+        ),
+        Probe(
             "patient.identifier=<pid>",
             lambda i: get(search, **{"patient.identifier": pick(i)[3]}),
             _bundle(lambda b: b.get("total", 0) >= 1, "at least one study"),
