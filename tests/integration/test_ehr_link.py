@@ -14,15 +14,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import ingest
 from tests.support.authserver import AuthServer
-from tests.support.dicom_factory import load_template, write_study
 from tests.support.ehr_fhir import EhrFhirServer, register_backend_client
+from tests.support.secured import Studies, bearer, jwt_client
 from tests.support.threads import run_together
 
-FHIR_BASE = "http://pacsfhir.test/fhir"
 SITE_A_OID = "1.2.826.0.1.3680043.10.777"
 SITE_B = "PRIOR_SITE"
 ALICE = "alice-1"
@@ -53,23 +50,17 @@ class Setup:
 
     def client(self, **overrides: Any) -> TestClient:
         backend = register_backend_client(self.auth, self.key_dir, scope="system/Patient.rs")
-        settings = self.archive.settings.replace(
-            auth="jwt",
-            jwt_issuer=self.auth.issuer,
+        return jwt_client(
+            self.archive,
+            self.auth,
             ehr_fhir_url=self.ehr.base_url,
             ehr_client_id=backend.client_id,
             ehr_private_key=str(backend.key_path),
             **overrides,
         )
-        return TestClient(
-            create_app(settings, Archive(settings, self.archive.engine, self.archive.blobs))
-        )
 
     def token(self, scope: str, patient: str | None = None) -> dict[str, str]:
-        claims: dict[str, Any] = {"scope": scope, "aud": FHIR_BASE}
-        if patient:
-            claims["patient"] = patient
-        return {"Authorization": f"Bearer {self.auth.mint(claims)}"}
+        return bearer(self.auth, scope, patient)
 
     def alice_token(self) -> dict[str, str]:
         return self.token("patient/ImagingStudy.rs", ALICE)
@@ -79,27 +70,11 @@ class Setup:
 def setup(
     archive: Archive, auth_server: AuthServer, ehr_server: EhrFhirServer, tmp_path: Path
 ) -> Setup:
-    template = load_template()
-    files: list[str] = []
-
-    def study(patient_id: str, issuer: str) -> str:
-        uid, paths = write_study(
-            template,
-            tmp_path / "dicom",
-            series=1,
-            instances=1,
-            PatientID=patient_id,
-            IssuerOfPatientID=issuer,
-        )
-        files.extend(str(p) for p in paths)
-        return uid
-
-    site_a, site_b, other = (
-        study("MRN-0001", SITE_A_OID),
-        study("P-42", SITE_B),
-        study("MRN-0002", SITE_A_OID),
-    )
-    ingest(files, archive.engine, archive.blobs, workers=1)
+    studies = Studies(tmp_path / "dicom")
+    site_a = studies.add(PatientID="MRN-0001", IssuerOfPatientID=SITE_A_OID)
+    site_b = studies.add(PatientID="P-42", IssuerOfPatientID=SITE_B)
+    other = studies.add(PatientID="MRN-0002", IssuerOfPatientID=SITE_A_OID)
+    studies.ingest(archive)
     ehr_server.add_patient(alice(MRN_A, MRN_B))
     (tmp_path / "keys").mkdir()
     return Setup(archive, auth_server, ehr_server, tmp_path / "keys", site_a, site_b, other)

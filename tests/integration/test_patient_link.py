@@ -18,15 +18,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import ingest
-from pacsfhir.index import queries
-from pacsfhir.index.engine import read_connection
 from tests.support.authserver import AuthServer
-from tests.support.dicom_factory import load_template, write_study
+from tests.support.secured import FHIR_BASE, Studies, bearer, jwt_client, patient_of
 
-FHIR_BASE = "http://pacsfhir.test/fhir"
 SITE_A_OID = "1.2.826.0.1.3680043.10.1234"  # an issuer with an OID: system urn:oid:...
 SITE_A = f"urn:oid:{SITE_A_OID}"
 SITE_B = "SITE_B"  # a local issuer name: no system, matched by assigner.display
@@ -45,10 +40,7 @@ class World:
     stranger: list[str]  # study UIDs of MRN-200 at site A
 
     def token(self, scope: str, patient: str | None = None) -> dict[str, str]:
-        claims: dict[str, Any] = {"scope": scope, "aud": FHIR_BASE}
-        if patient is not None:
-            claims["patient"] = patient
-        return {"Authorization": f"Bearer {self.auth.mint(claims)}"}
+        return bearer(self.auth, scope, patient)
 
     def patient_token(self, patient: str = EHR_ID) -> dict[str, str]:
         return self.token("patient/ImagingStudy.rs patient/Patient.rs", patient)
@@ -57,15 +49,9 @@ class World:
         return self.token(WRITER)
 
     def add_study(self, patient_id: str, issuer: str) -> str:
-        study_uid, paths = write_study(
-            load_template(),
-            self.tmp / "more",
-            series=1,
-            instances=1,
-            PatientID=patient_id,
-            IssuerOfPatientID=issuer,
-        )
-        ingest([str(p) for p in paths], self.archive.engine, self.archive.blobs, workers=1)
+        more = Studies(self.tmp / "more")
+        study_uid = more.add(PatientID=patient_id, IssuerOfPatientID=issuer)
+        more.ingest(self.archive)
         return study_uid
 
     def put_patient(self, resource: dict[str, Any], **headers: str) -> Any:
@@ -76,10 +62,7 @@ class World:
         )
 
     def derived_of(self, study_uid: str) -> str:
-        """The id of the DICOM patient a study was made for (from the index itself)."""
-        with read_connection(self.archive.engine) as conn:
-            rows = queries.load_studies(conn, study_uid=study_uid)
-        return str(rows[0].patient["resource_id"])
+        return patient_of(self.archive, study_uid)
 
 
 def ehr_patient(*identifiers: dict[str, Any], patient_id: str = EHR_ID) -> dict[str, Any]:
@@ -98,28 +81,12 @@ SSN = {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-00-1234"}
 
 @pytest.fixture
 def world(archive: Archive, auth_server: AuthServer, tmp_path: Path) -> Iterator[World]:
-    template = load_template()
-    files: list[str] = []
-
-    def study(patient_id: str, issuer: str) -> str:
-        uid, paths = write_study(
-            template,
-            tmp_path / "dicom",
-            series=1,
-            instances=2,
-            PatientID=patient_id,
-            IssuerOfPatientID=issuer,
-        )
-        files.extend(str(p) for p in paths)
-        return uid
-
-    site_a = [study("MRN-100", SITE_A_OID), study("MRN-100", SITE_A_OID)]
-    site_b = [study("B-7", SITE_B)]
-    stranger = [study("MRN-200", SITE_A_OID)]
-    ingest(files, archive.engine, archive.blobs, workers=1)
-    settings = archive.settings.replace(auth="jwt", jwt_issuer=auth_server.issuer)
-    shared = Archive(settings, archive.engine, archive.blobs)
-    with TestClient(create_app(settings, shared)) as client:
+    studies = Studies(tmp_path / "dicom", instances=2)
+    site_a = [studies.add(PatientID="MRN-100", IssuerOfPatientID=SITE_A_OID) for _ in "ab"]
+    site_b = [studies.add(PatientID="B-7", IssuerOfPatientID=SITE_B)]
+    stranger = [studies.add(PatientID="MRN-200", IssuerOfPatientID=SITE_A_OID)]
+    studies.ingest(archive)
+    with jwt_client(archive, auth_server) as client:
         yield World(client, auth_server, archive, tmp_path, site_a, site_b, stranger)
 
 

@@ -11,20 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import ingest
-from pacsfhir.index import queries
-from pacsfhir.index.engine import read_connection
 from tests.support.authserver import AuthServer
-from tests.support.dicom_factory import load_template, write_study
+from tests.support.secured import Studies, bearer, jwt_client, patient_of
 
-FHIR_BASE = "http://pacsfhir.test/fhir"
 CT_ONLY = "patient/ImagingStudy.rs?modality=CT"
 STUDY_UID = "0020000D"
 
@@ -40,10 +34,7 @@ class World:
     b_ct: str
 
     def token(self, scope: str, patient: str | None = None) -> dict[str, str]:
-        claims: dict[str, Any] = {"scope": scope, "aud": FHIR_BASE}
-        if patient is not None:
-            claims["patient"] = patient
-        return {"Authorization": f"Bearer {self.auth.mint(claims)}"}
+        return bearer(self.auth, scope, patient)
 
     def fhir_ids(
         self, path: str, auth: dict[str, str], form: dict[str, str] | None = None
@@ -68,37 +59,17 @@ class World:
         return int(response.json()["total"])
 
 
-def _patient_of(archive: Archive, study_uid: str) -> str:
-    with read_connection(archive.engine) as conn:
-        rows = queries.load_studies(conn, study_uid=study_uid)
-    return str(rows[0].patient["resource_id"])
-
-
 @pytest.fixture
 def world(archive: Archive, auth_server: AuthServer, tmp_path: Path) -> Iterator[World]:
-    template = load_template()
-    files: list[str] = []
-
-    def study(patient_id: str, modality: str) -> str:
-        uid, paths = write_study(
-            template,
-            tmp_path / "dicom",
-            series=1,
-            instances=1,
-            PatientID=patient_id,
-            Modality=modality,
-        )
-        files.extend(str(p) for p in paths)
-        return uid
-
-    a_ct, a_mr, b_ct = study("PAT-A", "CT"), study("PAT-A", "MR"), study("PAT-B", "CT")
-    ingest(files, archive.engine, archive.blobs, workers=1)
-    a, b = _patient_of(archive, a_ct), _patient_of(archive, b_ct)
+    studies = Studies(tmp_path / "dicom")
+    a_ct = studies.add(PatientID="PAT-A", Modality="CT")
+    a_mr = studies.add(PatientID="PAT-A", Modality="MR")
+    b_ct = studies.add(PatientID="PAT-B", Modality="CT")
+    studies.ingest(archive)
+    a, b = patient_of(archive, a_ct), patient_of(archive, b_ct)
     assert a != b
-    assert _patient_of(archive, a_mr) == a
-    settings = archive.settings.replace(auth="jwt", jwt_issuer=auth_server.issuer)
-    secured = Archive(settings, archive.engine, archive.blobs)
-    with TestClient(create_app(settings, secured)) as client:
+    assert patient_of(archive, a_mr) == a
+    with jwt_client(archive, auth_server) as client:
         yield World(client, auth_server, a, b, a_ct, a_mr, b_ct)
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +24,11 @@ import httpx
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import Key
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from tests.support import authserver_forge as forge
 from tests.support.authserver_app import AuthState, create_app
 from tests.support.authserver_models import Client
+from tests.support.loopback import LoopbackServer
 
 DEFAULT_AUDIENCE = "http://pacsfhir.test/fhir"  # the in-process app's FHIR base
 DEFAULT_REDIRECT_URI = "http://127.0.0.1/smart-callback"
@@ -53,7 +51,7 @@ class Authorization:
     redirect_uri: str
 
 
-class AuthServer:
+class AuthServer(LoopbackServer):
     issuer: str
     port: int
     jwks_url: str
@@ -68,12 +66,7 @@ class AuthServer:
     app: Any  # the Flask app
 
     def __init__(self, *, default_audience: str = DEFAULT_AUDIENCE, port: int = 0) -> None:
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-        self._bind(port)
-        assert self._server is not None
-        self.port = self._server.server_port
+        super().__init__(port)
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.state = AuthState(self.issuer, default_audience)
         self.app = create_app(self.state)
@@ -91,59 +84,6 @@ class AuthServer:
             grant_types=["client_credentials"],
             introspect=True,
         )
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def _bind(self, port: int) -> None:
-        self._server = make_server(
-            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_handler(self)
-        )
-
-    def _wsgi(self, environ: Any, start_response: Any) -> Any:
-        return self.app(environ, start_response)
-
-    def start(self) -> None:
-        """Serve (again, on the same port after ``stop``)."""
-        if self._thread is not None:
-            return
-        if self._server is None:
-            self._bind(self.port)
-        server = self._server
-        assert server is not None
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.05), daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening and cut open connections: the server is really down."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        for conn in list(self._connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    @contextlib.contextmanager
-    def down(self) -> Iterator[None]:
-        """``with server.down():`` the authorization server is unreachable inside."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
-    def __enter__(self) -> AuthServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     # -- what it knows -----------------------------------------------------------------
 
@@ -419,24 +359,6 @@ class AuthServer:
 
 def _header(base: dict[str, Any], changes: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in {**base, **(changes or {})}.items() if v is not None}
-
-
-def _handler(owner: AuthServer) -> type[WSGIRequestHandler]:
-    """Quiet request logs; remember open connections so ``stop`` can cut them."""
-
-    class Handler(WSGIRequestHandler):
-        def setup(self) -> None:
-            super().setup()
-            owner._connections.add(self.connection)
-
-        def finish(self) -> None:
-            owner._connections.discard(self.connection)
-            super().finish()
-
-        def log_request(self, *args: Any) -> None:
-            pass
-
-    return Handler
 
 
 class ConsentForm(HTMLParser):

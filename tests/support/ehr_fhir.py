@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.jwk import ECKey, RSAKey
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from pacsfhir.settings import Settings
 from tests.support.authserver import TIMEOUT, AuthServer
+from tests.support.loopback import LoopbackServer
 
 FHIR_JSON = "application/fhir+json"
 # SMART v2 (system/Patient.rs, .r, .cruds...) and v1 (system/Patient.read, .*) read scopes
@@ -51,7 +50,7 @@ def outcome(code: str, text: str) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-class EhrFhirServer:
+class EhrFhirServer(LoopbackServer):
     """``base_url`` is the FHIR base (``http://127.0.0.1:<port>/fhir``); ``patients``
     the resources by id; ``requests`` counts every request, ``patient_reads`` the
     Patient reads that got past the token check."""
@@ -64,14 +63,9 @@ class EhrFhirServer:
         self.patient_reads = 0
         self.fault: tuple[int, str, str] | None = None  # status, content type, body
         self.lock = threading.Lock()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
         self._introspection = httpx.Client(timeout=TIMEOUT, trust_env=False)
         self.app = self._create_app()
-        self._bind(port)
-        assert self._server is not None
-        self.port = self._server.server_port
+        super().__init__(port)
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
 
     # -- what it holds -----------------------------------------------------------------
@@ -163,55 +157,8 @@ class EhrFhirServer:
             return _fhir(outcome("forbidden", "scope does not grant Patient read"), 403, challenge)
         return None
 
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def _bind(self, port: int) -> None:
-        self._server = make_server(
-            "127.0.0.1", port, self.app, threaded=True, request_handler=_handler(self)
-        )
-
-    def start(self) -> None:
-        """Serve (again, on the same port after ``stop``)."""
-        if self._thread is not None:
-            return
-        if self._server is None:
-            self._bind(self.port)
-        server = self._server
-        assert server is not None
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.05), daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening and cut open connections: the EHR is really down."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        for conn in list(self._connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    @contextlib.contextmanager
-    def down(self) -> Iterator[None]:
-        """``with ehr.down():`` the EHR is unreachable inside."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
-    def __enter__(self) -> EhrFhirServer:
-        self.start()
-        return self
-
     def __exit__(self, *_exc: object) -> None:
-        self.stop()
+        super().__exit__()
         self._introspection.close()
 
 
@@ -220,24 +167,6 @@ def _fhir(resource: dict[str, Any], status: int, challenge: str | None = None) -
     if challenge is not None:
         response.headers["WWW-Authenticate"] = challenge
     return response
-
-
-def _handler(owner: EhrFhirServer) -> type[WSGIRequestHandler]:
-    """Quiet request logs; remember open connections so ``stop`` can cut them."""
-
-    class Handler(WSGIRequestHandler):
-        def setup(self) -> None:
-            super().setup()
-            owner._connections.add(self.connection)
-
-        def finish(self) -> None:
-            owner._connections.discard(self.connection)
-            super().finish()
-
-        def log_request(self, *args: Any) -> None:
-            pass
-
-    return Handler
 
 
 # -- the backend client pacsfhir is, registered at the authorization server ------------
