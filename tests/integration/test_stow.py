@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from pacsfhir.api.app import create_app
-from pacsfhir.api.stow import CANNOT_UNDERSTAND, NOT_DICOM_PART, PATIENT_MISMATCH, STUDY_MISMATCH
+from pacsfhir.store.local import CANNOT_UNDERSTAND, NOT_DICOM_PART, PATIENT_MISMATCH, STUDY_MISMATCH
 from pacsfhir.archive import Archive
 from pacsfhir.index.schema import instance
 from tests.conftest import PYDICOM_DATA, LiveServer

@@ -23,6 +23,7 @@ from pacsfhir.archive import Archive
 from pacsfhir.auth.ehr import EhrPatients
 from pacsfhir.auth.tokens import verifier_from_settings
 from pacsfhir.settings import Settings
+from pacsfhir.store.local import LocalStore
 
 # The FHIR surface's routers; DICOMweb's are api.dicomweb.ROUTERS. Each route of them takes
 # the request context.
@@ -66,6 +67,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
     )
     app.state.archive = opened
+    app.state.store = LocalStore(opened)
     app.state.verifier = verifier
     app.state.ehr_linker = ehr_linker
     app.state.audit = audit_writer

@@ -24,6 +24,7 @@ from pacsfhir.auth.tokens import TokenVerifier
 from pacsfhir.errors import Forbidden, Unauthorized
 from pacsfhir.index.scope import Scope
 from pacsfhir.settings import Settings
+from pacsfhir.store.base import Store
 
 DICOMWEB_PREFIX = "/dicom-web"
 PATIENT_PREFIX = "/fhir/Patient/{patient_id}/$wado-rs"
@@ -49,6 +50,7 @@ PUBLIC_CALLER = Caller("anyone (a public route)")
 @dataclass(frozen=True)
 class RequestContext:
     archive: Archive
+    store: Store  # where studies come from (store.base): handlers read and write through it
     caller: Caller
     scope: Scope
     path_patient: str | None  # the {patient_id} of a /fhir/Patient/{id}/... path
@@ -106,11 +108,12 @@ def _caller(request: Request) -> Caller:
 def _build(request: Request) -> RequestContext:
     """Runs in a worker thread (a sync dependency): token checks may wait on the network."""
     archive: Archive = request.app.state.archive
+    store: Store = request.app.state.store
     need = _need(request)
     path_patient = request.path_params.get("patient_id")
     scope = Scope().narrow(path_patient)
     if need is None:  # public: capabilities and discovery
-        return RequestContext(archive, PUBLIC_CALLER, scope, path_patient)
+        return RequestContext(archive, store, PUBLIC_CALLER, scope, path_patient)
     caller = _caller(request)
     note_caller(request, caller)  # the audit log names the caller of a refused request too
     access = decide(caller.grant, caller.patient, need)
@@ -119,7 +122,7 @@ def _build(request: Request) -> RequestContext:
     if need.permission in "rs":  # a write names the patient it writes: no look-up
         _look_up_patients(request, caller.patient, path_patient)
     scope = scope.narrow(access.patient).restrict(access.restrictions)  # 403: none usable
-    return RequestContext(archive, caller, scope, path_patient)
+    return RequestContext(archive, store, caller, scope, path_patient)
 
 
 def _look_up_patients(request: Request, *patient_ids: str | None) -> None:

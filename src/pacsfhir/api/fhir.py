@@ -8,14 +8,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pacsfhir.api.bodies import bounded_body, media_type
-from pacsfhir.api.context import RequestContext, context_of
+from pacsfhir.api.context import context_of
 from pacsfhir.api.guards import NUL_MESSAGE
-from pacsfhir.api.patients import patient_exists, visible_patient
 from pacsfhir.api.responses import FhirResponse, check_format, pretty_requested, read_response
 from pacsfhir.errors import (
     BadRequest,
@@ -23,10 +21,7 @@ from pacsfhir.errors import (
     TooCostly,
     UnsupportedMediaType,
 )
-from pacsfhir.index import links, queries
-from pacsfhir.index.engine import read_connection
 from pacsfhir.index.scope import Scope
-from pacsfhir.index.search import search_page
 from pacsfhir.mapping.bundle import (
     link_url,
     operation_outcome,
@@ -38,7 +33,6 @@ from pacsfhir.mapping.capability import capability_statement
 from pacsfhir.mapping.endpoint import endpoint as endpoint_resource
 from pacsfhir.mapping.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint_id
 from pacsfhir.mapping.imagingstudy import imaging_study
-from pacsfhir.mapping.patient import patient as patient_resource
 from pacsfhir.mapping.smart import OAuthUris, smart_configuration
 from pacsfhir.search.parse import encode_cursor, parse_search
 from pacsfhir.settings import Settings
@@ -79,14 +73,9 @@ def smart_configuration_document(request: Request) -> Response:
 def read_imaging_study(request: Request, study_id: str) -> Response:
     check_format(request)
     context = context_of(request)
-    scope = context.scope
-    with read_connection(context.archive.engine) as conn:
-        # a search restriction is tested in SQL only: out of it, the study is not known
-        hidden = scope.restricted and not queries.study_where(conn, study_id, scope.clause())
-        rows = [] if hidden else queries.load_studies(conn, study_uid=study_id)
-    if not rows or not scope.admits(rows[0].patient["resource_id"], rows[0].patient["linked_to"]):
+    row = context.store.study(study_id, context.scope)
+    if row is None:
         raise NotFound(f"ImagingStudy/{study_id} is not known")
-    row = rows[0]
     resource = imaging_study(
         row.study,
         row.patient,
@@ -101,34 +90,19 @@ def read_imaging_study(request: Request, study_id: str) -> Response:
 def read_endpoint(request: Request, endpoint_id: str) -> Response:
     check_format(request)
     context = context_of(request)
-    patient_id = endpoint_patient(endpoint_id, _long_patient_ids(context))
+    store, scope = context.store, context.scope
+    patient_id = endpoint_patient(endpoint_id, [*scope.patients, *store.long_patient_ids()])
     if endpoint_id == ENDPOINT_ID:
         resource = endpoint_resource(context.settings.dicomweb_base_url)
     elif (
         patient_id is not None
-        and context.scope.admits(patient_id)
-        and _patient_visible(context, patient_id)
+        and scope.admits(patient_id)
+        and store.patient_visible(patient_id, scope)
     ):
         resource = _patient_endpoint(context.settings, patient_id)
     else:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
     return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=pretty_requested(request))
-
-
-def _long_patient_ids(context: RequestContext) -> list[str]:
-    """The patient ids an Endpoint id of digest form may stand for: the request's own
-    patients, and the EHR patients with ids too long to follow ``wado-``."""
-    with read_connection(context.archive.engine) as conn:
-        return [*context.scope.patients, *links.long_ids(conn)]
-
-
-def _patient_visible(context: RequestContext, patient_id: str) -> bool:
-    """Whether the patient exists and, under a search-restricted scope, has a study the
-    restriction admits (its Endpoint must not confirm a patient the token cannot see)."""
-    with read_connection(context.archive.engine) as conn:
-        if context.scope.restricted:
-            return queries.any_study_where(conn, context.scope.narrow(patient_id).clause())
-        return patient_exists(conn, patient_id)
 
 
 def _endpoint_id(scope: Scope) -> str:
@@ -188,7 +162,7 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
     that patient's studies, whatever the parameters say)."""
     check_format(request)
     context = context_of(request)
-    archive, settings, scope = context.archive, context.settings, context.scope
+    settings, scope = context.settings, context.scope
     search = parse_search(
         pairs,
         strict=_strict(request),
@@ -197,13 +171,10 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
         max_count=settings.max_count,
     )
     endpoint_id = _endpoint_id(scope)
-    with read_connection(archive.engine) as conn:
-        page = search_page(
-            conn, search, scope.clause(), endpoint_id, archive.counts, extra_key=scope.key
-        )
-        with_instances = search.summary not in ("true", "text")
-        rows = queries.load_studies(conn, page.study_pks, with_instances=with_instances)
-        subjects = _subjects(conn, rows, scope) if "subject" in search.includes else []
+    with_instances = search.summary not in ("true", "text")
+    page = context.store.search_studies(search, scope, endpoint_id, with_instances)
+    rows = page.studies
+    subjects = context.store.subjects(rows, scope) if "subject" in search.includes else []
     fhir_base = settings.fhir_base_url
     matches = []
     for row in rows:
@@ -248,24 +219,6 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
         outcome=outcome,
     )
     return FhirResponse(bundle, pretty=pretty_requested(request))
-
-
-def _subjects(
-    conn: Connection, rows: list[queries.StudyRows], scope: Scope
-) -> list[dict[str, Any]]:
-    """``_include=ImagingStudy:subject``: the Patient each study's subject names, once
-    each: the DICOM patient's own (its row came with the study), or the EHR patient it is
-    linked to."""
-    found: dict[str, dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: r.patient["pk"]):
-        linked_to = row.patient["linked_to"]
-        if linked_to is None:
-            found.setdefault(row.patient["resource_id"], patient_resource(row.patient))
-        elif linked_to not in found:
-            resource = visible_patient(conn, linked_to, scope)
-            if resource is not None:
-                found[linked_to] = resource
-    return list(found.values())
 
 
 @router.get("/ImagingStudy")

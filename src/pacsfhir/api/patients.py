@@ -1,7 +1,8 @@
-"""Patient on the FHIR surface: read of a DICOM patient or an EHR patient, and ``PUT
-/fhir/Patient/{id}``, which writes an EHR patient and links to it the DICOM patients its
-identifiers match (``index.links``): their studies' ``subject`` becomes that patient, and
-a token whose patient it is sees them all."""
+"""Patient on the FHIR surface: read of a DICOM patient or an EHR patient (through the
+store), and ``PUT /fhir/Patient/{id}``, which writes an EHR patient and links to it the
+DICOM patients its identifiers match (``index.links``: patient identity is the local
+index's in every mode): their studies' ``subject`` becomes that patient, and a token
+whose patient it is sees them all."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -25,8 +25,6 @@ from pacsfhir.api.responses import (
 from pacsfhir.dicom.ingest import to_micros_now
 from pacsfhir.errors import BadRequest, Conflict, InvalidResource, NotFound, PreconditionFailed
 from pacsfhir.index import links, queries
-from pacsfhir.index.engine import read_connection
-from pacsfhir.index.scope import Scope
 from pacsfhir.index.writer import lock_index
 from pacsfhir.mapping.bundle import operation_outcome
 from pacsfhir.mapping.patient import (
@@ -35,7 +33,6 @@ from pacsfhir.mapping.patient import (
     identity_keys,
     linked_patient,
 )
-from pacsfhir.mapping.patient import patient as derived_patient
 
 router = APIRouter(prefix="/fhir")
 
@@ -43,33 +40,11 @@ MAX_RESOURCE_BYTES = 65_536
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json")
 
 
-def visible_patient(conn: Connection, patient_id: str, scope: Scope) -> dict[str, Any] | None:
-    """The Patient ``patient_id`` names, if ``scope`` sees it: a DICOM patient (its
-    derived resource) or an EHR patient (as written, with links to its DICOM patients)."""
-    row = queries.patient_by_resource_id(conn, patient_id)
-    if row is not None:
-        return derived_patient(row) if scope.admits(patient_id, row["linked_to"]) else None
-    record = links.linked_record(conn, patient_id)
-    if record is None or not scope.admits(patient_id):
-        return None
-    linked = links.linked_patients_of(conn, patient_id)
-    return linked_patient(record.resource, record.version_id, record.last_updated, linked)
-
-
-def patient_exists(conn: Connection, patient_id: str) -> bool:
-    """Whether ``patient_id`` names a DICOM patient or an EHR patient."""
-    return (
-        queries.patient_by_resource_id(conn, patient_id) is not None
-        or links.linked_record(conn, patient_id) is not None
-    )
-
-
 @router.get("/Patient/{patient_id}")
 def read_patient(request: Request, patient_id: str) -> Response:
     check_format(request)
     context = context_of(request)
-    with read_connection(context.archive.engine) as conn:
-        resource = visible_patient(conn, patient_id, context.scope)
+    resource = context.store.patient(patient_id, context.scope)
     if resource is None:
         raise NotFound(f"Patient/{patient_id} is not known")
     return read_response(request, resource)

@@ -11,19 +11,13 @@ that can be requested"``.
 from __future__ import annotations
 
 import json
-from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from pydicom.errors import InvalidDicomError
 from starlette.responses import Response
 
 from pacsfhir.api.context import context_of
-from pacsfhir.archive import Archive
-from pacsfhir.dicom.metadata import metadata_of
-from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
-from pacsfhir.index import qido
-from pacsfhir.index.engine import read_connection
+from pacsfhir.errors import BadRequest, NotAcceptable
 from pacsfhir.index.qido import QidoQuery, parse_query
 from pacsfhir.mapping.dicom_json import Level, default_tags, from_index, result_objects
 from pacsfhir.search.limits import shown
@@ -75,17 +69,6 @@ def _pairs(request: Request) -> list[tuple[str, str]]:
     return parse_qsl(raw, keep_blank_values=True)
 
 
-def _sidecar(archive: Archive, blob: str | None) -> dict[str, Any] | None:
-    """A stored instance's DICOM JSON (made and cached on first use), for includefield."""
-    if blob is None:
-        return None
-    try:
-        found: dict[str, Any] = json.loads(metadata_of(archive.blobs, blob))
-    except (OSError, ValueError, InvalidDicomError):
-        return None  # a blob that cannot be read: the index's values only
-    return found
-
-
 def _warning(base: str, text: str) -> str:
     return f'299 {base}: "{text}"'
 
@@ -97,27 +80,16 @@ def _search(
     accept = dict(pairs).get("accept") or request.headers.get("accept", "")
     media_type = negotiate(accept)
     query = parse_query(level, pairs, study_uid, series_uid)
-    archive = context_of(request).archive
-    scope = context_of(request).scope
+    context = context_of(request)
     defaults = default_tags(level, study_uid is not None, series_uid is not None)
     tags = defaults | query.includes
-    with_sidecars = query.include_all or not all(from_index(t) for t in tags)
-    with read_connection(archive.engine) as conn:
-        page = qido.search(conn, query, scope, archive.counts)
-        if not page.rows and study_uid is not None and not qido.exists(conn, query, scope):
-            what = f"series {series_uid}" if series_uid else f"study {study_uid}"
-            raise NotFound(f"{what} is not known here")
-        blobs: dict[int, str] = {}
-        if with_sidecars and level is not Level.INSTANCE:
-            blobs = qido.representative_blobs(conn, level, [r["_pk"] for r in page.rows])
-    base = context_of(request).dicomweb_base
-    headers = _warnings(base, query, page.remaining)
-    if not page.rows:
+    details = query.include_all or not all(from_index(t) for t in tags)
+    answer = context.store.qido(query, context.scope, details)
+    base = context.dicomweb_base
+    headers = _warnings(base, query, answer.remaining)
+    if not answer.rows:
         return Response(status_code=204, headers=headers)
-    rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-    for row in page.rows:
-        blob = row.get("_blob") if level is Level.INSTANCE else blobs.get(row["_pk"])
-        rows.append((row, _sidecar(archive, blob) if with_sidecars else None))
+    rows = answer.rows
     results = result_objects(level, tags, rows, base, query.include_all, defaults)
     body = json.dumps(results, ensure_ascii=False, separators=(",", ":")).encode()
     return Response(body, media_type=media_type, headers=headers)

@@ -41,7 +41,7 @@ from pacsfhir.dicom.render import (
     render,
 )
 from pacsfhir.errors import BadRequest, NotAcceptable
-from pacsfhir.index.dicomweb import StoredInstance
+from pacsfhir.store.base import StoredInstance
 
 router = APIRouter()
 
@@ -76,7 +76,7 @@ def _render_options(request: Request, media: str, thumbnail: bool) -> RenderOpti
         quality = parse_quality(params["quality"]) if "quality" in params else 90
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    limit = context_of(request).archive.settings.max_render_pixels
+    limit = context_of(request).settings.max_render_pixels
     return RenderOptions(media, window, viewport, quality, limit)
 
 

@@ -5,7 +5,7 @@ Handlers take their scope from the request context (``api.context``).
 Status (PS3.18 Table 10.5.3-1): 200 all stored (or already present), 202 some failed,
 409 none stored, 400 bad syntax or no parts, 413 a body or a part over its limit
 (``max_upload_mb``, ``max_part_mb``), 415 unsupported media type. Failure reasons
-(Table I.2-2 and our own, documented in docs/conformance.md): ``FAILURE_REASONS``.
+(Table I.2-2 and our own, documented in docs/conformance.md): ``store.local.FAILURE_REASONS``.
 The body is received off the event loop (``dicom.upload``); storing and building the
 answer run in a worker thread too.
 """
@@ -13,52 +13,24 @@ answer run in a worker thread too.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
-from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pacsfhir.api.context import context_of
-from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import Outcome, commit_batch
-from pacsfhir.dicom.prepare import Prepared, Rejected, prepare_staged
-from pacsfhir.dicom.reader import InstanceAttributes
+from pacsfhir.dicom.prepare import Prepared
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, receive_parts, related_boundary
 from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
-from pacsfhir.index import links
-from pacsfhir.index.engine import read_connection
 from pacsfhir.index.scope import Scope
-from pacsfhir.index.writer import patient_key, patient_row
+from pacsfhir.store.base import Failure, Store
 
 router = APIRouter()
 
 DICOM_JSON = "application/dicom+json"
-PROCESSING_FAILURE = 0x0110
-CANNOT_UNDERSTAND = 0xC000
-NOT_DICOM_PART = 0xC001  # ours: a part whose Content-Type is not application/dicom
-STUDY_MISMATCH = 0xC409  # ours: the instance is not of the study in the request URL
-PATIENT_MISMATCH = 0xC410  # ours: under /Patient/{id}/$wado-rs, another patient's instance
-OUT_OF_RESOURCES = 0xA700
-FAILURE_REASONS = {
-    CANNOT_UNDERSTAND: "not DICOM, truncated, or without valid Study/Series/SOP UIDs",
-    NOT_DICOM_PART: "part Content-Type is not application/dicom",
-    STUDY_MISMATCH: "Study Instance UID differs from the study in the request URL",
-    PATIENT_MISMATCH: "instance belongs to another patient than the scoped one",
-    OUT_OF_RESOURCES: "out of storage",
-    PROCESSING_FAILURE: "processing failure",
-}
-
-
-@dataclass(frozen=True)
-class Failure:
-    sop_class_uid: str
-    sop_uid: str
-    reason: int
 
 
 def _check_accept(request: Request) -> None:
@@ -114,69 +86,12 @@ def _response_module(
     return module
 
 
-def _link_of(engine: Engine, attrs: InstanceAttributes) -> str | None:
-    """The EHR patient an instance's patient is (or will be) linked to (index.links)."""
-    row = patient_row(attrs)
-    system = row["identifier_system"]
-    key = (row["PatientID"], system, "" if system else row["IssuerOfPatientID"])
-    with read_connection(engine) as conn:
-        return links.owner_of(conn, key)
-
-
-def _check_target(
-    engine: Engine, prepared: Prepared, study_uid: str | None, scope: Scope
-) -> int | None:
-    attrs = prepared.attributes
-    if study_uid is not None and attrs.study_uid != study_uid:
-        return STUDY_MISMATCH
-    if not scope.everything and not scope.admits(patient_key(attrs), _link_of(engine, attrs)):
-        return PATIENT_MISMATCH
-    return None
-
-
-def _store(
-    archive: Archive, parts: list[ReceivedPart], study_uid: str | None, scope: Scope
-) -> tuple[list[Prepared], list[Failure]]:
-    """Read, check and commit the staged parts (blocking: runs in a worker thread)."""
-    accepted: list[Prepared] = []
-    failures: list[Failure] = []
-    for number, part in enumerate(parts, start=1):
-        if part.content_type != "application/dicom":
-            archive.blobs.discard(part.staged.path)
-            failures.append(Failure("", "", NOT_DICOM_PART))
-            continue
-        prepared = prepare_staged(f"part {number}", part.staged, archive.blobs)
-        if isinstance(prepared, Rejected):
-            failures.append(Failure("", "", CANNOT_UNDERSTAND))
-            continue
-        reason = _check_target(archive.engine, prepared, study_uid, scope)
-        if reason is not None:
-            archive.blobs.discard(prepared.staged.path)
-            attrs = prepared.attributes
-            failures.append(Failure(attrs.instance["SOPClassUID"], attrs.sop_uid, reason))
-            continue
-        accepted.append(prepared)
-    try:
-        results = commit_batch(
-            archive.engine, archive.blobs, accepted, archive.settings.dicom_timezone
-        )
-    except OSError:
-        for item in accepted:
-            archive.blobs.discard(item.staged.path)
-        attrs_list = [p.attributes for p in accepted]
-        failures += [
-            Failure(a.instance["SOPClassUID"], a.sop_uid, OUT_OF_RESOURCES) for a in attrs_list
-        ]
-        return [], failures
-    assert all(r.outcome is not Outcome.REJECTED for r in results)
-    return accepted, failures
-
-
 def _answer(
-    archive: Archive, parts: list[ReceivedPart], study_uid: str | None, scope: Scope, base: str
+    store: Store, parts: list[ReceivedPart], study_uid: str | None, scope: Scope, base: str
 ) -> tuple[int, bytes]:
     """Store the parts and build the response (blocking: runs in a worker thread)."""
-    stored, failures = _store(archive, parts, study_uid, scope)
+    outcome = store.store(parts, study_uid, scope)
+    stored, failures = outcome.stored, outcome.failures
     if failures and not stored:
         status = 409
     elif failures:
@@ -186,28 +101,24 @@ def _answer(
     return status, json.dumps(_response_module(stored, failures, base, study_uid)).encode()
 
 
-def _discard(archive: Archive, parts: list[ReceivedPart]) -> None:
-    for part in parts:  # what _store has placed or discarded is no longer there
-        archive.blobs.discard(part.staged.path)
-
-
 async def _stow(request: Request, study_uid: str | None) -> Response:
     _check_accept(request)
     if study_uid is not None and not is_valid_uid(study_uid):
         raise NotFound(f"{study_uid!a} is not a Study Instance UID")
-    archive = context_of(request).archive
+    context = context_of(request)
+    store = context.store
     boundary = related_boundary(request.headers.get("content-type", ""), "application/dicom")
-    limits = UploadLimits.of(archive.settings)
+    limits = UploadLimits.of(context.settings)
     limits.check_declared(request.headers.get("content-length"))
-    parts = await receive_parts(request.stream(), boundary, archive.blobs, limits)
+    parts = await receive_parts(request.stream(), boundary, store.staging, limits)
     if not parts:
         raise BadRequest("the multipart body holds no parts")
-    scope, base = context_of(request).scope, context_of(request).dicomweb_base
+    scope, base = context.scope, context.dicomweb_base
     try:
-        status, body = await run_in_threadpool(_answer, archive, parts, study_uid, scope, base)
+        status, body = await run_in_threadpool(_answer, store, parts, study_uid, scope, base)
     except BaseException:  # an error, or cancelled: nothing stays staged
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(_discard, archive, parts)
+            await run_in_threadpool(store.discard, parts)
         raise
     return Response(body, status_code=status, media_type=DICOM_JSON)
 

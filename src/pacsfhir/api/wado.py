@@ -44,10 +44,10 @@ from pacsfhir.dicom.frames import (
     is_video,
     media_type_of,
 )
-from pacsfhir.dicom.metadata import BULK_PLACEHOLDER, metadata_of
+from pacsfhir.dicom.metadata import BULK_PLACEHOLDER
 from pacsfhir.dicom.multipart import MediaRange, Part, media_matches
 from pacsfhir.errors import NotAcceptable, NotFound, PacsFhirError
-from pacsfhir.index.dicomweb import StoredInstance
+from pacsfhir.store.base import StoredInstance
 
 router = APIRouter()
 
@@ -164,7 +164,7 @@ def retrieve_instance(request: Request, study: str, series: str, instance: str) 
 
 
 def _instance_json(request: Request, stored: StoredInstance) -> bytes:
-    data = metadata_of(context_of(request).archive.blobs, stored.blob)
+    data = context_of(request).store.metadata(stored)
     prefix = b'"BulkDataURI":"'
     target = (_location(request, stored) + "/").encode()
     return data.replace(prefix + BULK_PLACEHOLDER.encode(), prefix + target)

@@ -19,8 +19,7 @@ from pacsfhir.dicom.frames import Missing, PixelDataFile, parse_frame_list
 from pacsfhir.dicom.multipart import MediaRange, Part, parse_accept
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.errors import BadRequest, NotFound, PacsFhirError
-from pacsfhir.index.dicomweb import StoredInstance, stored_instances
-from pacsfhir.index.engine import read_connection
+from pacsfhir.store.base import StoredInstance
 
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
@@ -57,9 +56,8 @@ def find_instances(
     for uid in (study, series, instance):
         if uid is not None and not is_valid_uid(uid):
             raise BadRequest(f"not a valid UID: {uid[:80]!r}")
-    archive = context_of(request).archive
-    with read_connection(archive.engine) as conn:
-        found = stored_instances(conn, context_of(request).scope, study, series, instance)
+    context = context_of(request)
+    found = context.store.instances(context.scope, study, series, instance)
     if not found:
         level = "instance" if instance else "series" if series else "study"
         raise NotFound(f"no such {level}")
@@ -67,7 +65,7 @@ def find_instances(
 
 
 def path_of(request: Request, stored: StoredInstance) -> str:
-    return str(context_of(request).archive.blobs.absolute(stored.blob))
+    return context_of(request).store.instance_path(stored)
 
 
 def open_pixels(request: Request, stored: StoredInstance) -> PixelDataFile:
