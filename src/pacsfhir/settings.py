@@ -7,6 +7,7 @@ documentation; ``docs/settings.md`` and the CLI help are checked against this ta
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsfhir.errors import ConfigurationError
+from pacsfhir.upstream.config import Upstream, parse_upstream, parse_upstream_tables
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,24 @@ SETTINGS: tuple[Setting, ...] = (
         3600,
         "How long a patient read at the EHR (its identifiers, so its links) is trusted",
     ),
+    Setting(
+        "upstream",
+        str,
+        "",
+        "Upstream PACS: a DICOMweb base URL or dimse://CALLED_AE@host:port?retrieve=c-get; "
+        "several: [[upstream]] tables in the config file (or a JSON array of them)",
+    ),
+    Setting("upstream_auth", str, "", "Upstream DICOMweb auth: none, basic or bearer"),
+    Setting("upstream_username", str, "", "Upstream DICOMweb user (auth basic)"),
+    Setting("upstream_password", str, "", "Upstream DICOMweb password (auth basic)"),
+    Setting("upstream_token", str, "", "Upstream DICOMweb bearer token (auth bearer)"),
+    Setting("upstream_timeout", float, 30.0, "Seconds an upstream call may take"),
+    Setting(
+        "upstream_cache_seconds",
+        int,
+        300,
+        "How long what an upstream answered is served from the index before asking again",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -199,6 +219,13 @@ class Settings:
     ehr_token_url: str = ""
     ehr_scope: str = "system/Patient.rs"
     ehr_refresh_seconds: int = 3600
+    upstream: str = ""
+    upstream_auth: str = ""
+    upstream_username: str = ""
+    upstream_password: str = ""
+    upstream_token: str = ""
+    upstream_timeout: float = 30.0
+    upstream_cache_seconds: int = 300
 
     @property
     def data_dir(self) -> Path:
@@ -228,6 +255,39 @@ class Settings:
     def dicomweb_base_url(self) -> str:
         return self.public_base_url + "/dicom-web"
 
+    @property
+    def upstreams(self) -> tuple[Upstream, ...]:
+        """The upstream PACS (``upstream.config``): none, the one ``upstream`` URL with
+        the ``upstream_*`` options, or the tables ``upstream`` holds as a JSON array."""
+        text = self.upstream.strip()
+        if not text:
+            return ()
+        if text.startswith("["):
+            try:
+                tables = json.loads(text)
+            except ValueError as exc:
+                raise ConfigurationError(f"upstream: not a JSON array of tables: {exc}") from exc
+            if not isinstance(tables, list):
+                raise ConfigurationError("upstream: not a JSON array of tables")
+            return parse_upstream_tables(tables, self.ae_title_for_upstreams)
+        return (
+            parse_upstream(
+                text,
+                our_ae_title=self.ae_title_for_upstreams,
+                auth=self.upstream_auth,
+                username=self.upstream_username,
+                password=self.upstream_password,
+                token=self.upstream_token,
+                timeout=self.upstream_timeout,
+                cache_seconds=self.upstream_cache_seconds,
+            ),
+        )
+
+    @property
+    def ae_title_for_upstreams(self) -> str:
+        """Our AE title as a calling AE (the listener's, once it has one)."""
+        return str(getattr(self, "ae_title", "PACSFHIR"))
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -254,6 +314,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(_BY_NAME))
     if unknown:
         raise ConfigurationError(f"config file {path}: unknown settings {', '.join(unknown)}")
+    if isinstance(raw.get("upstream"), list):  # [[upstream]] tables: kept as a JSON array
+        raw["upstream"] = json.dumps(raw["upstream"])
     return raw
 
 
@@ -277,4 +339,6 @@ def load_settings(
             values[setting.name] = setting.default
     if values["auth"] not in ("none", "introspection", "jwt"):
         raise ConfigurationError(f"auth must be none, introspection or jwt, not {values['auth']!r}")
-    return Settings(**values)
+    settings = Settings(**values)
+    settings.upstreams  # noqa: B018 (checked at start: a wrong upstream stops it here)
+    return settings
