@@ -1,4 +1,5 @@
-"""The commands: ingest, check, serve, demo. Each builds Settings and calls the rest."""
+"""The commands: ingest, check, check-upstream, serve, demo. Each builds Settings and
+calls the rest."""
 
 from __future__ import annotations
 
@@ -244,6 +245,36 @@ def check_command(
         engine.dispose()
     _print_check(report, repair)
     raise typer.Exit(0 if report.clean else 1)
+
+
+@app.command("check-upstream")
+def check_upstream_command(
+    config: ConfigOpt = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option("--upstream", help="Upstream URL to check (PACSFHIR_UPSTREAM)"),
+    ] = None,
+) -> None:
+    """Say what works with each upstream PACS: C-ECHO, C-FIND and the retrieve method's
+    negotiation for DIMSE, a QIDO-RS query for DICOMweb. Exit 0 all work, 1 something
+    does not, 2 no upstream is configured (or its configuration is wrong)."""
+    from pacsfhir.upstream.check import check_upstream
+
+    settings = _settings(config=config, upstream=upstream)
+    if not settings.upstreams:
+        console.print("[red]no upstream configured[/red] (PACSFHIR_UPSTREAM or [[upstream]])")
+        raise typer.Exit(2)
+    table = Table(title="upstream check")
+    for column in ("upstream", "step", "result", "detail"):
+        table.add_column(column)
+    everything_works = True
+    for configured in settings.upstreams:
+        for step in check_upstream(configured):
+            everything_works &= step.ok
+            result = "[green]works[/green]" if step.ok else "[red]fails[/red]"
+            table.add_row(step.upstream, step.what, result, step.detail)
+    console.print(table)
+    raise typer.Exit(0 if everything_works else 1)
 
 
 def serve(settings: Settings) -> None:

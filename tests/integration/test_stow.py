@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from pacsfhir.api.app import create_app
-from pacsfhir.store.local import CANNOT_UNDERSTAND, NOT_DICOM_PART, PATIENT_MISMATCH, STUDY_MISMATCH
 from pacsfhir.archive import Archive
 from pacsfhir.index.schema import instance
+from pacsfhir.store.local import CANNOT_UNDERSTAND, NOT_DICOM_PART, PATIENT_MISMATCH, STUDY_MISMATCH
 from tests.conftest import PYDICOM_DATA, LiveServer
 from tests.support.dicom_factory import load_template, write_study, write_variant
 

@@ -25,10 +25,22 @@ def orthanc_problem() -> str | None:
 
 
 class Orthanc:
-    def __init__(self, workdir: Path, http_port: int, dicom_port: int) -> None:
+    """``users``: HTTP basic credentials (user -> password) Orthanc then requires;
+    ``modalities``: AE title -> (host, port) it may C-MOVE to."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        http_port: int,
+        dicom_port: int,
+        users: dict[str, str] | None = None,
+        modalities: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.http_port = http_port
         self.dicom_port = dicom_port
+        self.users = users or {}
+        self.modalities = modalities or {}
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.dicomweb_url = f"{self.base_url}/dicom-web"
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,7 +55,11 @@ class Orthanc:
             "DicomPort": self.dicom_port,
             "DicomAet": "ORTHANCTEST",
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
+            "DicomModalities": {
+                ae.lower(): [ae, host, port] for ae, (host, port) in self.modalities.items()
+            },
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
         }
@@ -58,7 +74,8 @@ class Orthanc:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.base_url}/system", timeout=1).status_code == 200:
+                answer = httpx.get(f"{self.base_url}/system", timeout=1, auth=self.auth)
+                if answer.status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -68,10 +85,15 @@ class Orthanc:
     def log_tail(self) -> str:
         return (self.workdir / "orthanc.log").read_text(errors="replace")[-2000:]
 
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """Credentials of the first registered user (None: no authentication)."""
+        return next(iter(self.users.items()), None)
+
     def store(self, paths: Iterable[Path]) -> int:
         """POST files to /instances; return how many Orthanc accepted."""
         accepted = 0
-        with httpx.Client(base_url=self.base_url, timeout=60) as client:
+        with httpx.Client(base_url=self.base_url, timeout=60, auth=self.auth) as client:
             for path in paths:
                 response = client.post(
                     "/instances",

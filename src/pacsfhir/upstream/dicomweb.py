@@ -1,0 +1,77 @@
+"""A DICOMweb upstream (httpx): QIDO-RS now; WADO-RS streamed through later.
+
+One HTTP client per upstream (keep-alive), with its credentials (basic or bearer) and
+timeout; the answer's status says what failed (``UpstreamError``), a transport error or
+timeout likewise. Credentials never reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from pacsfhir.upstream.config import DicomwebUpstream
+from pacsfhir.upstream.errors import UpstreamError
+
+DICOM_JSON = "application/dicom+json"
+MAX_QIDO_BYTES = 64 << 20  # a QIDO answer larger than this is refused, not held
+
+
+class DicomwebUpstreamClient:
+    def __init__(self, upstream: DicomwebUpstream) -> None:
+        self.upstream = upstream
+        credentials = upstream.credentials
+        auth: httpx.Auth | None = None
+        headers = {"Accept": DICOM_JSON}
+        if credentials.kind == "basic":
+            auth = httpx.BasicAuth(credentials.username, credentials.password)
+        elif credentials.kind == "bearer":
+            headers["Authorization"] = f"Bearer {credentials.token}"
+        self._client = httpx.Client(
+            base_url=upstream.base_url,
+            auth=auth,
+            headers=headers,
+            timeout=upstream.timeout,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def qido(self, path: str, params: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+        """``GET {base}{path}?params`` (``/studies``, ``/studies/{uid}/series``...): the
+        DICOM JSON matches (204: none); UpstreamError otherwise."""
+        name = self.upstream.name
+        try:
+            with self._client.stream("GET", path, params=list(params)) as response:
+                if response.status_code == 204:
+                    return []
+                if response.status_code != 200:
+                    raise UpstreamError(
+                        f"{name}: QIDO-RS {path} answered {response.status_code}{_reason(response)}"
+                    )
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_QIDO_BYTES:
+                        raise UpstreamError(f"{name}: QIDO-RS answer over {MAX_QIDO_BYTES} bytes")
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(f"{name}: QIDO-RS {path} timed out", timed_out=True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{name}: QIDO-RS {path}: {type(exc).__name__}") from exc
+        try:
+            found = json.loads(bytes(body)) if body.strip() else []
+        except ValueError as exc:
+            raise UpstreamError(f"{name}: QIDO-RS {path} answer is not JSON") from exc
+        if not isinstance(found, list) or not all(isinstance(m, dict) for m in found):
+            raise UpstreamError(f"{name}: QIDO-RS {path} answer is not a DICOM JSON array")
+        return found
+
+
+def _reason(response: httpx.Response) -> str:
+    warning = response.headers.get("warning", "")
+    return f" ({warning[:200]})" if warning else ""

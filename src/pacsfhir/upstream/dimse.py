@@ -1,0 +1,129 @@
+"""A DIMSE upstream (pynetdicom): associations to a Query/Retrieve SCP, C-ECHO, C-FIND.
+
+Every call opens its own association (a PACS limits and times out idle ones), with the
+upstream's timeout on association, DIMSE messages and the network. What fails says why in
+``UpstreamError``: refused association (and the reason the SCP gave), aborted, timed out,
+or a failure status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from pacsfhir.upstream.config import DimseUpstream
+from pacsfhir.upstream.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+FIND = StudyRootQueryRetrieveInformationModelFind
+RETRIEVE = {
+    "c-get": StudyRootQueryRetrieveInformationModelGet,
+    "c-move": StudyRootQueryRetrieveInformationModelMove,
+}
+_PENDING = (0xFF00, 0xFF01)
+
+
+class DimseUpstreamClient:
+    def __init__(self, upstream: DimseUpstream) -> None:
+        self.upstream = upstream
+
+    def _ae(self, contexts: Sequence[str]) -> AE:
+        ae = AE(ae_title=self.upstream.calling_ae)
+        timeout = self.upstream.timeout
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        ae.connection_timeout = timeout
+        for context in contexts:
+            ae.add_requested_context(context)
+        return ae
+
+    @contextmanager
+    def association(self, contexts: Sequence[str]) -> Iterator[Association]:
+        """An established association proposing ``contexts``; UpstreamError if not."""
+        u = self.upstream
+        ae = self._ae(contexts)
+        try:
+            assoc = ae.associate(u.host, u.port, ae_title=u.called_ae)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UpstreamError(f"{u.name}: cannot open an association: {exc}") from exc
+        if not assoc.is_established:
+            raise UpstreamError(f"{u.name}: {_why_not(assoc)}", timed_out=_timed_out(assoc))
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            ae.shutdown()
+
+    def echo(self) -> None:
+        """C-ECHO; UpstreamError unless Success."""
+        with self.association([Verification]) as assoc:
+            status = assoc.send_c_echo()
+            _check_status(self.upstream.name, "C-ECHO", status)
+
+    def find(self, identifier: Dataset) -> list[Dataset]:
+        """C-FIND (Study Root) with ``identifier``: every match, or UpstreamError."""
+        matches: list[Dataset] = []
+        started = time.monotonic()
+        with self.association([FIND]) as assoc:
+            for status, found in assoc.send_c_find(identifier, FIND):
+                if not status:
+                    raise self._lost(assoc, "C-FIND", time.monotonic() - started)
+                code = int(status.Status)
+                if code in _PENDING:
+                    if found is not None:
+                        matches.append(found)
+                    continue
+                _check_status(self.upstream.name, "C-FIND", status)
+        return matches
+
+    def _lost(self, assoc: Association, what: str, seconds: float) -> UpstreamError:
+        """Why a DIMSE request got no valid answer: timed out, or refused in a way the
+        protocol cannot say (Orthanc answers an unknown calling AE so)."""
+        u = self.upstream
+        if seconds >= u.timeout * 0.9:
+            return UpstreamError(f"{u.name}: {what} got no answer in {u.timeout:g} s", True)
+        how = "aborted the association" if assoc.is_aborted else "gave no valid answer"
+        return UpstreamError(
+            f"{u.name}: the SCP {how} to {what} (does it know our calling AE title "
+            f"{u.calling_ae!r}?)"
+        )
+
+    def retrieve_accepted(self) -> bool:
+        """Whether the SCP accepts our retrieve method's presentation context."""
+        method = RETRIEVE[self.upstream.retrieve]
+        with self.association([method]) as assoc:
+            return any(c.abstract_syntax == method for c in assoc.accepted_contexts)
+
+
+def _check_status(name: str, what: str, status: Dataset) -> None:
+    if not status:
+        raise UpstreamError(f"{name}: {what} got no answer", timed_out=True)
+    code = int(status.Status)
+    if code != 0x0000:
+        comment = str(status.get("ErrorComment", ""))
+        raise UpstreamError(f"{name}: {what} failed with status 0x{code:04X} {comment}".strip())
+
+
+def _why_not(assoc: Association) -> str:
+    if assoc.is_rejected:
+        acse = assoc.acceptor
+        return f"association rejected ({getattr(acse, 'reject_reason', '') or 'no reason given'})"
+    if assoc.is_aborted:
+        return "association aborted by the peer"
+    return "no association (nobody listening, or it timed out)"
+
+
+def _timed_out(assoc: Association) -> bool:
+    return not (assoc.is_rejected or assoc.is_aborted)
