@@ -120,6 +120,20 @@ class ServiceUnavailable(PacsFhirError):
         self.retry_after = retry_after
 
 
+class BadGateway(PacsFhirError):
+    """502: an upstream PACS is down, refused us, or answered a failure."""
+
+    status = 502
+    issue_code = "transient"
+
+
+class GatewayTimeout(PacsFhirError):
+    """504: an upstream PACS did not answer in time."""
+
+    status = 504
+    issue_code = "timeout"
+
+
 class RejectedInstance(PacsFhirError):
     """A DICOM instance that cannot be stored; ``reason`` is a short stable key."""
 

@@ -208,3 +208,26 @@ Index("ix_audit_event_client_id", audit_event.c.client_id)
 Index("ix_audit_event_patient", audit_event.c.patient)
 Index("ix_audit_event_token_patient", audit_event.c.token_patient)
 Index("ix_audit_event_study_uid", audit_event.c.study_uid)
+
+# Upstream work (index.jobs): one row per distinct piece of work (``key``), shared by the
+# requests and the processes that ask for it. Times in microseconds since the epoch.
+job = Table(
+    "job",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: what the work needs
+    Column("state", String(8), nullable=False),  # queued, running, done, failed
+    Column("owner", String(64), nullable=True),  # the worker running it
+    Column("attempts", Integer, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("started", BigInteger, nullable=True),
+    Column("heartbeat", BigInteger, nullable=True),  # a running job's last sign of life
+    Column("finished", BigInteger, nullable=True),
+    Column("expires", BigInteger, nullable=True),  # a done job's result holds until then
+    Column("result", Text, nullable=True),  # JSON
+    Column("error", Text, nullable=True),
+)
+Index("ix_job_state", job.c.state, job.c.pk)
+Index("ix_job_kind_finished", job.c.kind, job.c.finished)
