@@ -37,9 +37,9 @@ from pacsfhir.errors import BadRequest, TooCostly
 from pacsfhir.index.counts import CountCache
 from pacsfhir.index.schema import instance, patient, series, study
 from pacsfhir.index.scope import Scope
-from pacsfhir.mapping.dicom_json import Level, attribute_level, keyword_of, tag_of, vr_of
-from pacsfhir.mapping.names import normalise
 from pacsfhir.search.limits import MAX_WORDS, non_negative_integer, shown
+from pacsfhir.vocabulary.levels import Level, attribute_level, keyword_of, tag_of, vr_of
+from pacsfhir.vocabulary.names import normalise
 
 Clause = ColumnElement[bool]
 
