@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate ``src/pacsfhir/mapping/body_part_table.py`` from the DICOM standard.
+"""Generate ``src/pacsfhir/vocabulary/body_part_table.py`` from the DICOM standard.
 
 The inputs are two excerpts of DICOM PS3.16 "Content Mapping Resource", kept in
 ``scripts/data/`` and cut out of NEMA's HTML rendering of the standard:
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "scripts" / "data"
 BODY_PART_DATA = DATA / "dicom_ps3.16_table_L-1.xml"
 LATERALITY_DATA = DATA / "dicom_ps3.16_cid_244.xml"
-OUTPUT = ROOT / "src" / "pacsfhir" / "mapping" / "body_part_table.py"
+OUTPUT = ROOT / "src" / "pacsfhir" / "vocabulary" / "body_part_table.py"
 
 BODY_PART_TABLE = "table_L-1"
 LATERALITY_TABLE = "table_CID_244"

@@ -17,8 +17,8 @@ from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.index import audit
 from pacsfhir.index.schema import audit_event
-from pacsfhir.mapping.audit import AuditRecord
-from pacsfhir.mapping.dates import US_PER_SECOND, format_instant
+from pacsfhir.vocabulary.dates import US_PER_SECOND, format_instant
+from pacsfhir.vocabulary.records import AuditRecord
 from tests.integration.test_smart_auth import (
     FHIR_BASE,
     PATIENT_SCOPES,

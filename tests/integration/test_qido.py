@@ -26,7 +26,8 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.index.schema import patient, study
-from pacsfhir.mapping.dicom_json import Level, default_tags
+from pacsfhir.mapping.dicom_json import default_tags
+from pacsfhir.vocabulary.levels import Level
 from tests.conftest import PYDICOM_DATA, LiveServer, free_port, sample_paths, skip_or_fail
 from tests.support.dicom_factory import load_template, write_variant
 from tests.support.orthanc import Orthanc, orthanc_problem

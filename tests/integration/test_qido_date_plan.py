@@ -15,6 +15,8 @@ from pacsfhir.dicom.ingest import ingest
 from pacsfhir.index import qido
 from pacsfhir.index.schema import study
 from pacsfhir.index.scope import Scope
+from pacsfhir.search.qido import QidoQuery, parse_query
+from pacsfhir.vocabulary.levels import Level
 from tests.conftest import PYDICOM_DATA
 
 STUDIES = 12_000
@@ -53,7 +55,7 @@ def dated(archive: Archive) -> Archive:
     return archive
 
 
-def _pks(archive: Archive, query: qido.QidoQuery, scan: bool) -> list[int]:
+def _pks(archive: Archive, query: QidoQuery, scan: bool) -> list[int]:
     pk, clauses = qido._condition(query, Scope(), scan)
     with archive.engine.connect() as conn:
         return list(conn.execute(select(pk).where(*clauses).order_by(pk)).scalars())
@@ -70,7 +72,7 @@ RANGES = [  # (StudyDate, holds a tenth of the studies or more)
 
 def test_both_plans_find_the_same_studies(dated: Archive) -> None:
     for value, broad in RANGES:
-        query = qido.parse_query(qido.Level.STUDY, [("StudyDate", value), ("limit", "100")])
+        query = parse_query(Level.STUDY, [("StudyDate", value), ("limit", "100")])
         through_index = _pks(dated, query, scan=False)
         in_pk_order = _pks(dated, query, scan=True)
         assert through_index == in_pk_order, value
@@ -84,5 +86,5 @@ def test_both_plans_find_the_same_studies(dated: Archive) -> None:
 
 
 def test_series_level_dates_use_the_same_plan(dated: Archive) -> None:
-    query = qido.parse_query(qido.Level.SERIES, [("StudyDate", "-20100101")])
+    query = parse_query(Level.SERIES, [("StudyDate", "-20100101")])
     assert _pks(dated, query, scan=False) == _pks(dated, query, scan=True)

@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLE_MODULE = ROOT / "src" / "pacsfhir" / "mapping" / "body_part_table.py"
+TABLE_MODULE = ROOT / "src" / "pacsfhir" / "vocabulary" / "body_part_table.py"
 GENERATOR = ROOT / "scripts" / "generate_body_part_table.py"
 BODY_PART_DATA = ROOT / "scripts" / "data" / "dicom_ps3.16_table_L-1.xml"
 XHTML = "{http://www.w3.org/1999/xhtml}"

@@ -10,8 +10,9 @@ import pytest
 from pacsfhir.api.audit import parse_audit_search
 from pacsfhir.errors import BadRequest
 from pacsfhir.index.audit import AuditQuery
-from pacsfhir.mapping.audit import DCM, AuditRecord, audit_event, outcome_of
-from pacsfhir.mapping.dates import fhir_period
+from pacsfhir.mapping.audit import DCM, audit_event, outcome_of
+from pacsfhir.vocabulary.dates import fhir_period
+from pacsfhir.vocabulary.records import AuditRecord
 from tests.support.fhir_r4 import assert_valid
 
 SERVER = "http://pacsfhir.test/fhir"

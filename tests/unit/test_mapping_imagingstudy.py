@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from pacsfhir.mapping.imagingstudy import SeriesRows, imaging_study, study_modalities
+from pacsfhir.mapping.imagingstudy import imaging_study, study_modalities
+from pacsfhir.vocabulary.records import SeriesRows
 from tests.support.fhir_r4 import assert_valid, require_definitions
 
 PATIENT = {"resource_id": "p1", "PatientName": "Doe^Jane"}

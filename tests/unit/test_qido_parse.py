@@ -8,15 +8,16 @@ from urllib.parse import parse_qsl
 import pytest
 
 from pacsfhir.errors import BadRequest
-from pacsfhir.index.qido import MAX_RESULTS, QidoQuery, RangeMatch, ValueMatch, parse_query
-from pacsfhir.mapping.dicom_json import (
-    Level,
-    attribute_level,
-    default_tags,
-    element,
-    result_object,
-    tag_of,
+from pacsfhir.mapping.dicom_json import default_tags, element, result_object
+from pacsfhir.search.qido import (
+    MAX_RESULTS,
+    QidoQuery,
+    RangeMatch,
+    ValueMatch,
+    parse_match,
+    parse_query,
 )
+from pacsfhir.vocabulary.levels import Level, attribute_level, tag_of
 
 ST, SE, IN = Level.STUDY, Level.SERIES, Level.INSTANCE
 
@@ -241,8 +242,6 @@ DATETIMES = [
 
 @pytest.mark.parametrize(("value", "match"), DATETIMES)
 def test_datetime_values(value: str, match: RangeMatch) -> None:
-    from pacsfhir.index.qido import parse_match
-
     assert parse_match("AcquisitionDateTime", "DT", value) == match
 
 
@@ -357,3 +356,18 @@ def test_fuzzy_words_at_the_cap() -> None:
     assert query.fuzzy
     plain = parse("PatientName=" + " ".join(["w"] * 200))  # one term, whatever its words
     assert len(plain.matches) == 1
+
+
+def test_matchable_keys_are_the_index_columns() -> None:
+    """``search.qido.MATCHABLE`` (what the parser keeps) is what ``index.qido`` has a
+    column for."""
+    from pacsfhir.index import qido as sql
+    from pacsfhir.search.qido import MATCHABLE
+
+    columns = (
+        sql._PATIENT_COLUMNS.keys()
+        | sql._STUDY_COLUMNS.keys()
+        | sql._SERIES_COLUMNS.keys()
+        | sql._INSTANCE_COLUMNS.keys()
+    )
+    assert columns == MATCHABLE

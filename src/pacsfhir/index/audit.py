@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from sqlalchemy.sql.elements import ColumnElement
 
 from pacsfhir.index.schema import audit_event
-from pacsfhir.mapping.audit import AuditRecord
+from pacsfhir.vocabulary.records import AuditRecord
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def linked_patients_of(conn: Connection, resource_id: str) -> list[str]:
 
 def long_ids(conn: Connection, longer_than: int = 59) -> list[str]:
     """The EHR patient ids longer than ``longer_than`` characters (whose Endpoint ids are
-    digests, see ``mapping.ids.patient_endpoint_id``)."""
+    digests, see ``vocabulary.ids.patient_endpoint_id``)."""
     query = select(linked_patient.c.resource_id).where(
         func.length(linked_patient.c.resource_id) > longer_than
     )

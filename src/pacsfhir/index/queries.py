@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, bindparam, select
 
 from pacsfhir.index.schema import instance, patient, series, study
-from pacsfhir.mapping.imagingstudy import SeriesRows
+from pacsfhir.vocabulary.records import SeriesRows
 
 _STUDY_JSON = (
     "NameOfPhysiciansReadingStudy",

@@ -26,7 +26,7 @@ patient = Table(
     "patient",
     metadata,
     Column("pk", Integer, primary_key=True),
-    # FHIR id, derived from (IssuerOfPatientID, PatientID); see mapping.ids
+    # FHIR id, derived from (IssuerOfPatientID, PatientID); see vocabulary.ids
     Column("resource_id", String(64), nullable=False, unique=True),
     Column("PatientID", Text, nullable=False),
     Column("IssuerOfPatientID", Text, nullable=False),
@@ -35,7 +35,7 @@ patient = Table(
     Column("PatientName", Text, nullable=False),
     Column("PatientBirthDate", Text, nullable=False),
     Column("PatientSex", Text, nullable=False),
-    # name parts for FHIR string search, packed as |part|part| (see mapping.names):
+    # name parts for FHIR string search, packed as |part|part| (see vocabulary.names):
     # *_search lower-cased and accent-folded, *_exact as written
     Column("name_search", Text, nullable=False),
     Column("family_search", Text, nullable=False),

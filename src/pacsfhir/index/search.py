@@ -37,10 +37,6 @@ from pacsfhir.index.schema import (
     study,
     study_code,
 )
-from pacsfhir.mapping import codes
-from pacsfhir.mapping.body_part_table import BODY_PART_SNOMED
-from pacsfhir.mapping.ids import DICOM_UID_SYSTEM, ENDPOINT_ID
-from pacsfhir.mapping.names import normalise
 from pacsfhir.search.model import (
     Criterion,
     Cursor,
@@ -50,6 +46,10 @@ from pacsfhir.search.model import (
     SortKey,
     Token,
 )
+from pacsfhir.vocabulary import codes
+from pacsfhir.vocabulary.body_part_table import BODY_PART_SNOMED
+from pacsfhir.vocabulary.ids import DICOM_UID_SYSTEM, ENDPOINT_ID
+from pacsfhir.vocabulary.names import normalise
 
 Clause = ColumnElement[bool]
 _NO_VALUE = 2**62  # sorts a missing `started` last, whichever the direction

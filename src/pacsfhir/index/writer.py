@@ -23,10 +23,10 @@ from pacsfhir.dicom.reader import InstanceAttributes
 from pacsfhir.index.counts import advance_generation
 from pacsfhir.index.links import link_patients
 from pacsfhir.index.schema import instance, patient, series, study, study_code
-from pacsfhir.mapping.codes import coding_system
-from pacsfhir.mapping.dates import dicom_datetime, fhir_period
-from pacsfhir.mapping.ids import issuer_display, issuer_system, patient_resource_id
-from pacsfhir.mapping.names import name_search_keys
+from pacsfhir.vocabulary.codes import coding_system
+from pacsfhir.vocabulary.dates import dicom_datetime, fhir_period
+from pacsfhir.vocabulary.ids import issuer_display, issuer_system, patient_resource_id
+from pacsfhir.vocabulary.names import name_search_keys
 
 _CHUNK = 500  # values per IN (...) list
 # PostgreSQL advisory lock of the index's writers: this namespace ("pacs") and a hash of

@@ -9,10 +9,12 @@ the request named, and for a search the parameter NAMES only (values may be PHI)
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from typing import Any
 
-from pacsfhir.mapping.dates import format_instant
+from pacsfhir.vocabulary.dates import format_instant
+from pacsfhir.vocabulary.records import (
+    AuditRecord as AuditRecord,  # re-exported for api/ (to remove)
+)
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -26,27 +28,6 @@ SUBJECT_SYSTEM = "urn:pacsfhir:token-subject"
 ACTIONS = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "search-type"}
 _TYPES = {"E": ("110112", "Query")}  # everything else is 110110 "Patient Record"
 _OUTCOME_TEXT = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One audited request, as the index keeps it."""
-
-    id: str
-    recorded: int  # microseconds since the epoch, UTC
-    action: str  # C, R, U, D or E
-    outcome: int  # 0, 4, 8 (or 12)
-    status: int  # the HTTP status answered
-    method: str
-    route: str  # the route's path template
-    subject: str | None = None
-    client_id: str | None = None
-    fhir_user: str | None = None
-    token_patient: str | None = None
-    patient: str | None = None
-    study_uid: str | None = None
-    address: str | None = None
-    query_names: tuple[str, ...] = ()
 
 
 def outcome_of(status: int) -> int:

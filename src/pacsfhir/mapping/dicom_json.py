@@ -8,97 +8,28 @@ hold come from a stored instance's DICOM JSON (its "sidecar", see ``dicom.metada
 
 Which attributes a level returns by default is PS3.18 Tables 10.6.3-3 to -5. Which level
 an attribute belongs to (so that includefield never returns a lower level's attribute,
-PS3.18 10.6.3.3) follows the Query/Retrieve keys of PS3.4 C.6.1.1.2 to C.6.1.1.4 and the
-modules of the Patient, Study and Series IEs; every other attribute is instance level.
+PS3.18 10.6.3.3) is ``vocabulary.levels``.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pacsfhir.vocabulary.levels import Level as Level  # re-exported for api/ (to remove)
+from pacsfhir.vocabulary.levels import (
+    attribute_level,
+    keyword_of,
+    keyword_set,
+    tag_of,
+    tag_set,
+    vr_of,
+)
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # IS as stored: "²" is text, not 2
-
-
-class Level(enum.IntEnum):
-    """Query levels; an attribute of a lower level (higher number) is never returned."""
-
-    STUDY = 1  # the Patient IE's attributes are study-level in QIDO-RS
-    SERIES = 2
-    INSTANCE = 3
-
-
-def tag_of(keyword: str) -> int:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise KeyError(keyword)
-    return int(tag)
-
-
-def _keywords(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-def _tags(keywords: str) -> frozenset[int]:
-    return frozenset(tag_of(k) for k in _keywords(keywords))
-
-
-_PATIENT = _tags(
-    """PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence
-    TypeOfPatientID OtherPatientIDsSequence OtherPatientNames PatientBirthDate
-    PatientBirthTime PatientSex PatientBirthName PatientMotherBirthName EthnicGroup
-    PatientComments PatientSpeciesDescription PatientSpeciesCodeSequence
-    PatientBreedDescription PatientBreedCodeSequence ResponsiblePerson ResponsiblePersonRole
-    ResponsibleOrganization PatientIdentityRemoved DeidentificationMethod
-    DeidentificationMethodCodeSequence QualityControlSubject NumberOfPatientRelatedStudies
-    NumberOfPatientRelatedSeries NumberOfPatientRelatedInstances ReferencedPatientSequence
-    PatientAddress PatientTelephoneNumbers CountryOfResidence RegionOfResidence
-    PatientReligiousPreference StrainDescription"""
-)
-_STUDY = _tags(
-    """StudyDate StudyTime AccessionNumber IssuerOfAccessionNumberSequence StudyID
-    StudyInstanceUID ReferringPhysicianName ReferringPhysicianIdentificationSequence
-    ConsultingPhysicianName StudyDescription ProcedureCodeSequence
-    NameOfPhysiciansReadingStudy PhysiciansOfRecord
-    PhysiciansReadingStudyIdentificationSequence ReferencedStudySequence RequestingService
-    ReasonForPerformedProcedureCodeSequence AdmittingDiagnosesDescription
-    AdmittingDiagnosesCodeSequence PatientAge PatientSize PatientWeight
-    PatientSizeCodeSequence Occupation AdditionalPatientHistory MedicalAlerts Allergies
-    SmokingStatus PregnancyStatus LastMenstrualDate PatientState AdmissionID
-    IssuerOfAdmissionIDSequence ServiceEpisodeID ServiceEpisodeDescription
-    TimezoneOffsetFromUTC ModalitiesInStudy SOPClassesInStudy
-    AnatomicRegionsInStudyCodeSequence NumberOfStudyRelatedSeries
-    NumberOfStudyRelatedInstances"""
-)
-_SERIES = _tags(
-    """Modality SeriesNumber SeriesInstanceUID SeriesDescription
-    SeriesDescriptionCodeSequence SeriesDate SeriesTime BodyPartExamined Laterality
-    PerformingPhysicianName PerformingPhysicianIdentificationSequence OperatorsName
-    OperatorIdentificationSequence ProtocolName PatientPosition AnatomicalOrientationType
-    ReferencedPerformedProcedureStepSequence RelatedSeriesSequence
-    PerformedProcedureStepStartDate PerformedProcedureStepStartTime
-    PerformedProcedureStepEndDate PerformedProcedureStepEndTime PerformedProcedureStepID
-    PerformedProcedureStepDescription PerformedProtocolCodeSequence
-    CommentsOnThePerformedProcedureStep RequestAttributesSequence SmallestPixelValueInSeries
-    LargestPixelValueInSeries NumberOfSeriesRelatedInstances Manufacturer InstitutionName
-    InstitutionAddress StationName InstitutionalDepartmentName ManufacturerModelName
-    DeviceSerialNumber SoftwareVersions FrameOfReferenceUID PositionReferenceIndicator"""
-)
-
-
-def attribute_level(tag: int) -> Level:
-    if tag in _PATIENT or tag in _STUDY:
-        return Level.STUDY
-    if tag in _SERIES:
-        return Level.SERIES
-    return Level.INSTANCE
 
 
 SPECIFIC_CHARACTER_SET = tag_of("SpecificCharacterSet")
@@ -111,17 +42,17 @@ _TIMEZONE = tag_of("TimezoneOffsetFromUTC")
 # Attribute Sequence (series), Rows, Columns and Bits Allocated (instances) are not in
 # the index: they are returned when asked for with includefield (read from the stored
 # DICOM JSON), not by default (see docs/conformance.md).
-STUDY_DEFAULTS = _tags(
+STUDY_DEFAULTS = tag_set(
     """StudyDate StudyTime AccessionNumber InstanceAvailability ModalitiesInStudy
     ReferringPhysicianName TimezoneOffsetFromUTC RetrieveURL PatientName PatientID
     PatientBirthDate PatientSex StudyInstanceUID StudyID NumberOfStudyRelatedSeries
     NumberOfStudyRelatedInstances"""
 )
-SERIES_DEFAULTS = _tags(
+SERIES_DEFAULTS = tag_set(
     """Modality TimezoneOffsetFromUTC SeriesDescription RetrieveURL SeriesInstanceUID
     SeriesNumber NumberOfSeriesRelatedInstances StudyInstanceUID"""
 )
-INSTANCE_DEFAULTS = _tags(
+INSTANCE_DEFAULTS = tag_set(
     """SOPClassUID SOPInstanceUID InstanceAvailability TimezoneOffsetFromUTC RetrieveURL
     InstanceNumber NumberOfFrames StudyInstanceUID SeriesInstanceUID"""
 )
@@ -131,7 +62,7 @@ INSTANCE_DEFAULTS = _tags(
 _CONDITIONAL = frozenset({_TIMEZONE, NUMBER_OF_FRAMES, tag_of("ModalitiesInStudy")})
 
 # Keywords rendered from index rows (values as in the file, or derived from it).
-INDEXED = _keywords(
+INDEXED = keyword_set(
     """PatientName PatientID PatientBirthDate PatientSex StudyInstanceUID StudyDate
     StudyTime TimezoneOffsetFromUTC AccessionNumber StudyID StudyDescription
     ReferringPhysicianName NameOfPhysiciansReadingStudy ModalitiesInStudy
@@ -162,20 +93,6 @@ def default_tags(level: Level, study_given: bool, series_given: bool) -> frozens
     if not study_given:
         tags = tags | STUDY_DEFAULTS
     return tags
-
-
-@functools.cache
-def keyword_of(tag: int) -> str:
-    return str(keyword_for_tag(tag))
-
-
-@functools.cache
-def vr_of(tag: int) -> str:
-    try:
-        vr = str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
-    return vr.split(" or ")[0]
 
 
 def from_index(tag: int) -> bool:

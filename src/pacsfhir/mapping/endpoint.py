@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacsfhir.mapping.ids import ENDPOINT_ID
+from pacsfhir.vocabulary.ids import ENDPOINT_ID
 
 CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PAYLOAD_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-payload-type"

@@ -6,23 +6,15 @@ already decoded); references are relative (``Patient/{id}``, ``Endpoint/{id}``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-from pacsfhir.mapping import codes
-from pacsfhir.mapping.body_part_table import BODY_PART_SNOMED, LATERALITY_SNOMED
-from pacsfhir.mapping.dates import dicom_datetime, format_instant
-from pacsfhir.mapping.ids import DICOM_UID_SYSTEM, ENDPOINT_ID, uid_urn
-from pacsfhir.mapping.names import display_name
-
-Row = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class SeriesRows:
-    series: Row
-    instances: Sequence[Row] = field(default_factory=tuple)
+from pacsfhir.vocabulary import codes
+from pacsfhir.vocabulary.body_part_table import BODY_PART_SNOMED, LATERALITY_SNOMED
+from pacsfhir.vocabulary.dates import dicom_datetime, format_instant
+from pacsfhir.vocabulary.ids import DICOM_UID_SYSTEM, ENDPOINT_ID, uid_urn
+from pacsfhir.vocabulary.names import display_name
+from pacsfhir.vocabulary.records import Row, SeriesRows
 
 
 def _unsigned(text: str) -> int | None:

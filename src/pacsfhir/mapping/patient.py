@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from pacsfhir.mapping.codes import V2_0203
-from pacsfhir.mapping.dates import dicom_datetime, format_instant
-from pacsfhir.mapping.names import human_names
+from pacsfhir.vocabulary.codes import V2_0203
+from pacsfhir.vocabulary.dates import dicom_datetime, format_instant
+from pacsfhir.vocabulary.names import human_names
 
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 

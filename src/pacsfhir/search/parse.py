@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pacsfhir.errors import InvalidSearchParameter, TooCostly, UnknownSearchParameter
-from pacsfhir.mapping.dates import fhir_period
 from pacsfhir.search.limits import is_int64, non_negative_integer, shown
 from pacsfhir.search.model import (
     Criterion,
@@ -27,6 +26,7 @@ from pacsfhir.search.model import (
     Token,
     Value,
 )
+from pacsfhir.vocabulary.dates import fhir_period
 
 T = ParamType
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pacsfhir.mapping.names import EN_REPRESENTATION, human_names, name_search_keys, normalise
+from pacsfhir.vocabulary.names import EN_REPRESENTATION, human_names, name_search_keys, normalise
 
 NAMES: list[tuple[str, list[dict[str, Any]]]] = [
     ("Buc^Jérôme", [{"text": "Jérôme Buc", "family": "Buc", "given": ["Jérôme"]}]),

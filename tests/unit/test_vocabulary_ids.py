@@ -8,7 +8,7 @@ import re
 import pytest
 
 from pacsfhir.dicom.uids import is_valid_uid
-from pacsfhir.mapping.ids import (
+from pacsfhir.vocabulary.ids import (
     endpoint_patient,
     issuer_system,
     patient_endpoint_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pacsfhir.mapping.dates import dicom_datetime, fhir_period, format_instant, to_micros
+from pacsfhir.vocabulary.dates import dicom_datetime, fhir_period, format_instant, to_micros
 
 DICOM_DATETIMES = [
     # (StudyDate, StudyTime, TimezoneOffsetFromUTC, default offset) -> FHIR dateTime
