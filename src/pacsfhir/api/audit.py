@@ -19,7 +19,7 @@ from pacsfhir.index.audit import AuditQuery
 from pacsfhir.index.engine import read_connection
 from pacsfhir.mapping.audit import audit_event
 from pacsfhir.mapping.bundle import link_url, searchset
-from pacsfhir.mapping.dates import fhir_period
+from pacsfhir.vocabulary.dates import fhir_period
 
 router = APIRouter(prefix="/fhir")
 

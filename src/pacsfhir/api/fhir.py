@@ -31,11 +31,11 @@ from pacsfhir.mapping.bundle import (
 )
 from pacsfhir.mapping.capability import capability_statement
 from pacsfhir.mapping.endpoint import endpoint as endpoint_resource
-from pacsfhir.mapping.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint_id
 from pacsfhir.mapping.imagingstudy import imaging_study
 from pacsfhir.mapping.smart import OAuthUris, smart_configuration
 from pacsfhir.search.parse import encode_cursor, parse_search
 from pacsfhir.settings import Settings
+from pacsfhir.vocabulary.ids import ENDPOINT_ID, endpoint_patient, patient_endpoint_id
 
 router = APIRouter(prefix="/fhir")
 

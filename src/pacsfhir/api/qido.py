@@ -18,9 +18,10 @@ from starlette.responses import Response
 
 from pacsfhir.api.context import context_of
 from pacsfhir.errors import BadRequest, NotAcceptable
-from pacsfhir.index.qido import QidoQuery, parse_query
-from pacsfhir.mapping.dicom_json import Level, default_tags, from_index, result_objects
+from pacsfhir.mapping.dicom_json import default_tags, from_index, result_objects
 from pacsfhir.search.limits import shown
+from pacsfhir.search.qido import QidoQuery, parse_query
+from pacsfhir.vocabulary.levels import Level
 
 router = APIRouter()
 

@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacsfhir.auth.policy import Surface, need_of, surface_of
 from pacsfhir.index import audit
-from pacsfhir.mapping.audit import AuditRecord, outcome_of
-from pacsfhir.mapping.dates import US_PER_SECOND
+from pacsfhir.mapping.audit import outcome_of
+from pacsfhir.vocabulary.dates import US_PER_SECOND
+from pacsfhir.vocabulary.records import AuditRecord
 
 if TYPE_CHECKING:  # api.context calls note_caller
     from pacsfhir.api.context import Caller, RequestContext

@@ -18,7 +18,7 @@ from starlette.routing import Match
 from pacsfhir.api.context import is_dicomweb
 from pacsfhir.errors import NotAcceptable, PacsFhirError, ServiceUnavailable, Unauthorized
 from pacsfhir.mapping.bundle import operation_outcome
-from pacsfhir.mapping.dates import fhir_period, from_micros
+from pacsfhir.vocabulary.dates import fhir_period, from_micros
 
 FHIR_JSON = "application/fhir+json"
 _JSON_FORMATS = {"json", "application/json", FHIR_JSON, "application/json+fhir"}

@@ -27,11 +27,14 @@ from sqlalchemy import (
 from pacsfhir.index.counts import CountCache
 from pacsfhir.index.schema import instance, patient, series, study
 from pacsfhir.index.scope import Scope
-from pacsfhir.search.qido import WILDCARD_VRS, Match, RangeMatch, ValueMatch, name_words
-
-# re-exported for api/qido.py (to remove once it imports them from search.qido)
-from pacsfhir.search.qido import QidoQuery as QidoQuery
-from pacsfhir.search.qido import parse_query as parse_query
+from pacsfhir.search.qido import (
+    WILDCARD_VRS,
+    Match,
+    QidoQuery,
+    RangeMatch,
+    ValueMatch,
+    name_words,
+)
 from pacsfhir.vocabulary.levels import Level
 from pacsfhir.vocabulary.names import normalise
 

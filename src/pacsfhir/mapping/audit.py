@@ -12,9 +12,7 @@ import base64
 from typing import Any
 
 from pacsfhir.vocabulary.dates import format_instant
-from pacsfhir.vocabulary.records import (
-    AuditRecord as AuditRecord,  # re-exported for api/ (to remove)
-)
+from pacsfhir.vocabulary.records import AuditRecord
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"

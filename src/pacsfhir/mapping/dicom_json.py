@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pacsfhir.vocabulary.levels import Level as Level  # re-exported for api/ (to remove)
 from pacsfhir.vocabulary.levels import (
+    Level,
     attribute_level,
     keyword_of,
     keyword_set,

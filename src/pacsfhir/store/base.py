@@ -21,10 +21,10 @@ from pacsfhir.dicom.prepare import Prepared
 from pacsfhir.dicom.storage import BlobStore
 from pacsfhir.dicom.upload import ReceivedPart
 from pacsfhir.index.dicomweb import StoredInstance
-from pacsfhir.index.qido import QidoQuery
 from pacsfhir.index.queries import StudyRows
 from pacsfhir.index.scope import Scope
 from pacsfhir.search.model import Cursor, SearchRequest
+from pacsfhir.search.qido import QidoQuery
 
 __all__ = [
     "Failure",

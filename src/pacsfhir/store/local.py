@@ -25,16 +25,16 @@ from pacsfhir.errors import NotFound
 from pacsfhir.index import links, qido, queries
 from pacsfhir.index.dicomweb import StoredInstance, stored_instances
 from pacsfhir.index.engine import read_connection
-from pacsfhir.index.qido import QidoQuery
 from pacsfhir.index.queries import StudyRows
 from pacsfhir.index.scope import Scope
 from pacsfhir.index.search import search_page
 from pacsfhir.index.writer import patient_key, patient_row
-from pacsfhir.mapping.dicom_json import Level
 from pacsfhir.mapping.patient import linked_patient
 from pacsfhir.mapping.patient import patient as derived_patient
 from pacsfhir.search.model import SearchRequest
+from pacsfhir.search.qido import QidoQuery
 from pacsfhir.store.base import Failure, QidoAnswer, StoreOutcome, StudyPage
+from pacsfhir.vocabulary.levels import Level
 
 # STOW-RS Failure Reasons (PS3.18 Table I.2-2, and ours: docs/conformance.md)
 PROCESSING_FAILURE = 0x0110

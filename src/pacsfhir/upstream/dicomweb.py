@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from pacsfhir.search.qido import QidoQuery
 from pacsfhir.upstream.config import DicomwebUpstream
 from pacsfhir.upstream.errors import UpstreamError
+from pacsfhir.upstream.query import UNIQUE_TAGS, qido_path, qido_requests
 
 DICOM_JSON = "application/dicom+json"
+_SAFE = "*^\\,-._~:"  # besides letters and digits, kept as they are in a query value
 MAX_QIDO_BYTES = 64 << 20  # a QIDO answer larger than this is refused, not held
 
 
@@ -31,7 +35,6 @@ class DicomwebUpstreamClient:
         elif credentials.kind == "bearer":
             headers["Authorization"] = f"Bearer {credentials.token}"
         self._client = httpx.Client(
-            base_url=upstream.base_url,
             auth=auth,
             headers=headers,
             timeout=upstream.timeout,
@@ -46,8 +49,11 @@ class DicomwebUpstreamClient:
         """``GET {base}{path}?params`` (``/studies``, ``/studies/{uid}/series``...): the
         DICOM JSON matches (204: none); UpstreamError otherwise."""
         name = self.upstream.name
+        target = self.upstream.base_url + path
+        if params:
+            target += "?" + query_string(params)
         try:
-            with self._client.stream("GET", path, params=list(params)) as response:
+            with self._client.stream("GET", target) as response:
                 if response.status_code == 204:
                     return []
                 if response.status_code != 200:
@@ -70,6 +76,25 @@ class DicomwebUpstreamClient:
         if not isinstance(found, list) or not all(isinstance(m, dict) for m in found):
             raise UpstreamError(f"{name}: QIDO-RS {path} answer is not a DICOM JSON array")
         return found
+
+    def search(self, query: QidoQuery) -> list[dict[str, Any]]:
+        """Every match of a parsed QIDO query (unpaged; ``upstream.query.qido_requests``),
+        one per entity of its level."""
+        unique = f"{UNIQUE_TAGS[query.level]:08X}"
+        found: dict[str, dict[str, Any]] = {}
+        for params in qido_requests(query):
+            for match in self.qido(qido_path(query), params):
+                uid = str((match.get(unique, {}).get("Value") or [""])[0])
+                found.setdefault(uid, match)
+        return list(found.values())
+
+
+def query_string(params: Sequence[tuple[str, str]]) -> str:
+    """``params`` with only what must be escaped escaped: the matching characters ``*``,
+    ``^``, ``\\`` and ``,`` go as they are (Orthanc 1.10's QIDO-RS does not decode
+    ``%2A``, ``%5E`` or ``%5C`` in a value, so an escaped wildcard, person name or list
+    matches nothing there)."""
+    return "&".join(f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}" for k, v in params)
 
 
 def _reason(response: httpx.Response) -> str:

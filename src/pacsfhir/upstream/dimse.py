@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -23,8 +24,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from pacsfhir.search.qido import QidoQuery
 from pacsfhir.upstream.config import DimseUpstream
 from pacsfhir.upstream.errors import UpstreamError
+from pacsfhir.upstream.query import UNIQUE_KEYS, cfind_identifiers
 
 log = logging.getLogger(__name__)
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -99,6 +102,17 @@ class DimseUpstreamClient:
             f"{u.name}: the SCP {how} to {what} (does it know our calling AE title "
             f"{u.calling_ae!r}?)"
         )
+
+    def search(self, query: QidoQuery) -> list[dict[str, Any]]:
+        """The matches of a parsed QIDO query as DICOM JSON, one per entity of its level
+        (the C-FINDs it becomes, ``upstream.query``, may find one twice)."""
+        unique = UNIQUE_KEYS[query.level]
+        found: dict[str, dict[str, Any]] = {}
+        for identifier in cfind_identifiers(query):
+            for match in self.find(identifier):
+                uid = str(match.get(unique, ""))
+                found.setdefault(uid, match.to_json_dict())
+        return list(found.values())
 
     def retrieve_accepted(self) -> bool:
         """Whether the SCP accepts our retrieve method's presentation context."""
