@@ -1,4 +1,4 @@
-"""A DICOMweb upstream (httpx): QIDO-RS now; WADO-RS streamed through later.
+"""A DICOMweb upstream (httpx): QIDO-RS, and WADO-RS streamed through as it arrives.
 
 One HTTP client per upstream (keep-alive), with its credentials (basic or bearer) and
 timeout; the answer's status says what failed (``UpstreamError``), a transport error or
@@ -8,7 +8,9 @@ timeout likewise. Credentials never reach the log.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +23,8 @@ from pacsfhir.upstream.query import UNIQUE_TAGS, qido_path, qido_requests
 
 DICOM_JSON = "application/dicom+json"
 _SAFE = "*^\\,-._~:"  # besides letters and digits, kept as they are in a query value
-MAX_QIDO_BYTES = 64 << 20  # a QIDO answer larger than this is refused, not held
+MAX_QIDO_BYTES = 64 << 20
+CHUNK_BYTES = 256 * 1024  # a QIDO answer larger than this is refused, not held
 
 
 class DicomwebUpstreamClient:
@@ -87,6 +90,46 @@ class DicomwebUpstreamClient:
                 uid = str((match.get(unique, {}).get("Value") or [""])[0])
                 found.setdefault(uid, match)
         return list(found.values())
+
+    @contextmanager
+    def retrieve(self, path: str, accept: str) -> Iterator[Retrieved]:
+        """``GET {base}{path}`` (a WADO-RS resource) with the client's ``accept``, the
+        answer streamed as it arrives (never held whole): its status, content type and
+        body chunks. A transport error before the answer is UpstreamError; one during the
+        body surfaces from the chunk iterator as UpstreamError too (a transfer cut short
+        must never pass for a whole one)."""
+        name = self.upstream.name
+        try:
+            with self._client.stream(
+                "GET", self.upstream.base_url + path, headers={"Accept": accept}
+            ) as response:
+                yield Retrieved(
+                    response.status_code,
+                    response.headers.get("content-type", ""),
+                    _chunks(response, name, path),
+                )
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(f"{name}: WADO-RS {path} timed out", timed_out=True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{name}: WADO-RS {path}: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    status: int
+    content_type: str
+    chunks: Iterator[bytes]
+
+
+def _chunks(response: httpx.Response, name: str, path: str) -> Iterator[bytes]:
+    try:
+        yield from response.iter_bytes(CHUNK_BYTES)
+    except httpx.TimeoutException as exc:
+        raise UpstreamError(f"{name}: WADO-RS {path} stalled mid-transfer", True) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(
+            f"{name}: WADO-RS {path} cut mid-transfer ({type(exc).__name__})"
+        ) from exc
 
 
 def query_string(params: Sequence[tuple[str, str]]) -> str:
