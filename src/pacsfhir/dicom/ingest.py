@@ -129,6 +129,8 @@ def plan_batch(
     one after another; each instance's final content written once. A file already
     present whose blob is missing or of the wrong size puts the blob back."""
     plan = BatchPlan([], [], [], [], [])
+    # a remote placeholder (the gateway's, no blob) is replaced as if it were not there
+    known = {uid: previous for uid, previous in known.items() if previous.blob}
     current = {uid: previous.sha256 for uid, previous in known.items()}
     for item in items:
         attrs = item.attributes

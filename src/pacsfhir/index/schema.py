@@ -153,10 +153,13 @@ instance = Table(
     Column("title", Text, nullable=False),
     Column("TransferSyntaxUID", Text, nullable=False),
     Column("NumberOfFrames", Integer, nullable=False),
-    Column("blob", Text, nullable=False),  # path relative to the blob root
+    Column("blob", Text, nullable=False),  # path relative to the blob root; "": remote
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("stored_at", BigInteger, nullable=False),
+    # the upstream PACS holding an instance known here only from its answers (blob "",
+    # size 0, sha256 ""); None: the instance is stored here
+    Column("upstream", String(64), nullable=True),
 )
 
 # Multi-valued study-level codes, one row a code, for token search (param: "reason").

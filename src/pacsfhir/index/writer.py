@@ -13,7 +13,7 @@ patient would otherwise both insert it, and one would fail on the unique key).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,14 @@ WRITE_LOCK_WAIT_MS = 30_000  # a writer waits this long for another's batch, the
 
 @dataclass(frozen=True)
 class IndexRecord:
+    """An instance to index: stored here (``blob``), or known from an upstream's answer
+    only (``upstream`` named, ``blob`` "", size 0, sha256 "": a remote placeholder)."""
+
     attributes: InstanceAttributes
     blob: str
     size: int
     sha256: str
+    upstream: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,12 @@ def existing_instances(conn: Connection, sop_uids: Sequence[str]) -> dict[str, E
 
 
 def instance_blobs(conn: Connection) -> Iterator[tuple[str, str, int, str]]:
-    """(SOP Instance UID, blob, size, sha256) of every indexed instance, streamed."""
+    """(SOP Instance UID, blob, size, sha256) of every instance stored here (remote
+    placeholders have no blob), streamed."""
     rows = conn.execution_options(yield_per=10_000).execute(
-        select(instance.c.SOPInstanceUID, instance.c.blob, instance.c.size, instance.c.sha256)
+        select(
+            instance.c.SOPInstanceUID, instance.c.blob, instance.c.size, instance.c.sha256
+        ).where(instance.c.blob != "")
     )
     yield from rows
 
@@ -263,6 +270,7 @@ def write_instances(
             "size": r.size,
             "sha256": r.sha256,
             "stored_at": now,
+            "upstream": r.upstream,
         }
     _upsert(conn, instance, "SOPInstanceUID", instance_rows, {}, known=known_instances)
     touched_series = set(series_pks.values()) | previous_series
@@ -295,6 +303,27 @@ def _replace_reason_codes(
     ]
     if rows:
         conn.execute(study_code.insert(), rows)
+
+
+def drop_placeholders(conn: Connection, study_uid: str, keep: Collection[str], now: int) -> int:
+    """Remove the remote placeholders of study ``study_uid`` whose SOP Instance UID is not
+    in ``keep`` (the upstream no longer has them), and what that empties; how many."""
+    rows = conn.execute(
+        select(instance.c.pk, instance.c.series_pk, instance.c.SOPInstanceUID)
+        .join(series, series.c.pk == instance.c.series_pk)
+        .join(study, study.c.pk == series.c.study_pk)
+        .where(study.c.StudyInstanceUID == study_uid, instance.c.upstream.is_not(None))
+    ).all()
+    kept = set(keep)
+    gone = [(pk, series_pk) for pk, series_pk, uid in rows if uid not in kept]
+    if not gone:
+        return 0
+    for chunk in _chunks([pk for pk, _ in gone]):
+        conn.execute(delete(instance).where(instance.c.pk.in_(chunk)))
+    touched_series = {series_pk for _, series_pk in gone}
+    _refresh_counts(conn, touched_series, _studies_of(conn, touched_series), now)
+    advance_generation(conn)
+    return len(gone)
 
 
 def _studies_of(conn: Connection, series_pks: set[int]) -> set[int]:

@@ -141,7 +141,7 @@ class LocalStore:
 
     def _sidecar(self, blob: str | None) -> dict[str, Any] | None:
         """A stored instance's DICOM JSON (made and cached on first use)."""
-        if blob is None:
+        if not blob:  # none, or a remote placeholder's
             return None
         try:
             found: dict[str, Any] = json.loads(metadata_of(self.archive.blobs, blob))

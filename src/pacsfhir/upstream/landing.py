@@ -1,0 +1,80 @@
+"""An upstream's answers land in the index as remote placeholders (``instance.upstream``
+named, no blob), through the writer every stored instance goes through, so that search,
+FHIR and QIDO-RS then serve them as they serve stored ones.
+
+Rules: an instance stored here is never replaced by a placeholder (the local copy is
+served first); a placeholder is refreshed by each landing of its study and removed when
+the upstream no longer lists it; a stored copy arriving later (STOW-RS, C-STORE, a
+retrieve) replaces its placeholder. Study and series attributes take the newest values,
+whichever source gave them (the writer's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from sqlalchemy import Engine
+
+from pacsfhir.dicom.reader import attributes_from_dataset
+from pacsfhir.errors import RejectedInstance
+from pacsfhir.index.writer import (
+    IndexRecord,
+    drop_placeholders,
+    existing_instances,
+    lock_index,
+    write_instances,
+)
+from pacsfhir.upstream.fetch import StudyAnswer, uid_of
+from pacsfhir.vocabulary.levels import Level
+
+log = logging.getLogger(__name__)
+
+
+def _dataset(answer: dict[str, object]) -> Dataset:
+    return Dataset.from_json(answer)
+
+
+def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
+    """A placeholder record per instance of ``answer`` whose attributes can be read (one
+    without SOP Class UID, or whose parents are missing, is left out and logged)."""
+    series_by_uid = {uid_of(s, Level.SERIES): s for s in answer.series}
+    records = []
+    for instance in answer.instances:
+        merged = _dataset(answer.study)
+        series = series_by_uid.get(uid_of(instance, Level.SERIES))
+        if series is not None:
+            merged.update(_dataset(series))
+        merged.update(_dataset(instance))
+        merged.file_meta = FileMetaDataset()
+        try:
+            attributes = attributes_from_dataset(merged, "")
+        except (RejectedInstance, ValueError, TypeError) as exc:
+            log.warning("an instance %s answered is left out: %s", upstream, exc)
+            continue
+        records.append(IndexRecord(attributes, "", 0, "", upstream=upstream))
+    return records
+
+
+def land(
+    engine: Engine, answers: Sequence[StudyAnswer], upstream: str, now: int, timezone: str = ""
+) -> int:
+    """Write ``answers`` into the index (one transaction, under the write lock); how
+    many placeholders were written."""
+    written = 0
+    with engine.begin() as conn:
+        lock_index(conn)
+        for answer in answers:
+            records = records_of(answer, upstream)
+            known = existing_instances(conn, [r.attributes.sop_uid for r in records])
+            fresh = [
+                r
+                for r in records
+                if not (r.attributes.sop_uid in known and known[r.attributes.sop_uid].blob)
+            ]
+            write_instances(conn, fresh, now, timezone)
+            listed = {r.attributes.sop_uid for r in records}
+            drop_placeholders(conn, uid_of(answer.study, Level.STUDY), listed, now)
+            written += len(fresh)
+    return written
