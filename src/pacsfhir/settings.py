@@ -179,6 +179,18 @@ SETTINGS: tuple[Setting, ...] = (
         300,
         "How long what an upstream answered is served from the index before asking again",
     ),
+    Setting(
+        "upstream_wait_seconds",
+        float,
+        2.0,
+        "How long a request waits for upstream work before 503 + Retry-After",
+    ),
+    Setting(
+        "upstream_open_searches",
+        str,
+        "refuse",
+        "A search naming no patient or study, with an upstream: refuse (400) or local",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -226,6 +238,8 @@ class Settings:
     upstream_token: str = ""
     upstream_timeout: float = 30.0
     upstream_cache_seconds: int = 300
+    upstream_wait_seconds: float = 2.0
+    upstream_open_searches: str = "refuse"
 
     @property
     def data_dir(self) -> Path:
@@ -339,6 +353,8 @@ def load_settings(
             values[setting.name] = setting.default
     if values["auth"] not in ("none", "introspection", "jwt"):
         raise ConfigurationError(f"auth must be none, introspection or jwt, not {values['auth']!r}")
+    if values["upstream_open_searches"] not in ("refuse", "local"):
+        raise ConfigurationError("upstream_open_searches must be refuse or local")
     settings = Settings(**values)
     settings.upstreams  # noqa: B018 (checked at start: a wrong upstream stops it here)
     return settings

@@ -23,11 +23,25 @@ from pacsfhir.archive import Archive
 from pacsfhir.auth.ehr import EhrPatients
 from pacsfhir.auth.tokens import verifier_from_settings
 from pacsfhir.settings import Settings
+from pacsfhir.store.gateway import GatewayStore
 from pacsfhir.store.local import LocalStore
 
 # The FHIR surface's routers; DICOMweb's are api.dicomweb.ROUTERS. Each route of them takes
 # the request context.
 FHIR_ROUTERS: tuple[APIRouter, ...] = (fhir.router, patients.router, audit.router)
+
+
+def _store(settings: Settings, archive: Archive) -> LocalStore:
+    """The archive alone, or in front of the configured upstream PACS (the gateway)."""
+    local = LocalStore(archive)
+    if not settings.upstreams:
+        return local
+    return GatewayStore(
+        local,
+        settings.upstreams,
+        wait_seconds=settings.upstream_wait_seconds,
+        open_searches=settings.upstream_open_searches,
+    )
 
 
 def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
@@ -40,6 +54,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     audiences = (settings.fhir_base_url, settings.dicomweb_base_url)
     verifier = verifier_from_settings(settings, audiences)
     opened = archive or Archive.open(settings)
+    store = _store(settings, opened)
     ehr = EhrPatients.from_settings(settings)
     ehr_linker = EhrLinker(opened, ehr, settings.ehr_refresh_seconds) if ehr else None
     audit_writer = AuditWriter(opened.engine, settings.audit_retention_days)
@@ -48,7 +63,11 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         tune_for_streaming()  # whichever ASGI server runs the app
         audit_writer.start()
+        if isinstance(store, GatewayStore):
+            store.start()
         yield
+        if isinstance(store, GatewayStore):
+            store.close()
         audit_writer.close()
         if verifier is not None:
             verifier.close()
@@ -67,7 +86,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
         exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
     )
     app.state.archive = opened
-    app.state.store = LocalStore(opened)
+    app.state.store = store
     app.state.verifier = verifier
     app.state.ehr_linker = ehr_linker
     app.state.audit = audit_writer

@@ -114,6 +114,30 @@ def long_ids(conn: Connection, longer_than: int = 59) -> list[str]:
     return list(conn.scalars(query))
 
 
+def dicom_patient_ids(conn: Connection, patient_ids: Collection[str]) -> list[str]:
+    """The DICOM Patient IDs FHIR patients ``patient_ids`` stand for: those of the DICOM
+    patients they name or are linked to, and the identifiers of the EHR patients among
+    them (what an upstream PACS is asked by), sorted."""
+    ids = sorted(set(patient_ids))
+    if not ids:
+        return []
+    found = set(
+        conn.scalars(
+            select(patient.c.PatientID).where(
+                or_(patient.c.resource_id.in_(ids), patient.c.linked_to.in_(ids))
+            )
+        )
+    )
+    found.update(
+        conn.scalars(
+            select(linked_identifier.c.value)
+            .join(linked_patient, linked_patient.c.pk == linked_identifier.c.linked_pk)
+            .where(linked_patient.c.resource_id.in_(ids))
+        )
+    )
+    return sorted(v for v in found if v)
+
+
 def owner_of(conn: Connection, key: IdentityKey) -> str | None:
     """The EHR patient whose identifiers hold ``key``, if any."""
     query = (

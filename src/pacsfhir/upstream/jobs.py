@@ -178,7 +178,8 @@ class Jobs:
                 log.exception("job %s (%s) failed", job.pk, job.kind)
                 store.fail(self.engine, job.pk, self.owner, f"{type(exc).__name__}", _now())
             else:
-                expires = _now() + int(self.result_seconds * 1e6)
+                seconds = float(job.payload.get("cache_seconds", self.result_seconds))
+                expires = _now() + int(seconds * 1e6)
                 store.finish(self.engine, job.pk, self.owner, result, _now(), expires)
         finally:
             with self._lock:

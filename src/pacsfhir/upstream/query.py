@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -149,3 +150,25 @@ def _identifier(query: QidoQuery, chosen: Iterable[tuple[str, str, str]]) -> Dat
     elif query.level is not Level.STUDY and "SeriesInstanceUID" not in identifier:
         identifier.SeriesInstanceUID = ""
     return identifier
+
+
+def study_query_json(query: QidoQuery) -> dict[str, Any]:
+    """What selects the studies of a study-level query, as JSON (a job's payload; the
+    same studies give the same JSON, so the same job)."""
+    matches: list[dict[str, Any]] = []
+    for match in sorted(query.matches, key=lambda m: m.keyword):
+        if isinstance(match, RangeMatch):
+            matches.append({"k": match.keyword, "vr": match.vr, "lo": match.low, "hi": match.high})
+        else:
+            matches.append({"k": match.keyword, "vr": match.vr, "v": sorted(match.values)})
+    return {"level": query.level.name, "matches": matches, "fuzzy": query.fuzzy}
+
+
+def study_query_from_json(data: dict[str, Any]) -> QidoQuery:
+    matches: list[Match] = []
+    for m in data["matches"]:
+        if "v" in m:
+            matches.append(ValueMatch(m["k"], m["vr"], tuple(m["v"])))
+        else:
+            matches.append(RangeMatch(m["k"], m["vr"], m["lo"], m["hi"]))
+    return QidoQuery(Level[data["level"]], matches=tuple(matches), fuzzy=bool(data["fuzzy"]))

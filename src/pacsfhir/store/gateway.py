@@ -1,0 +1,259 @@
+"""The gateway as a ``Store``: the local archive, with what upstream PACS hold brought in
+on demand (``upstream.fetch`` then ``upstream.landing``) before the archive answers.
+
+A search that must reach upstream names a patient or a study: a Patient ID, a Study
+Instance UID or an Accession Number (QIDO-RS), or ``patient``/``subject``,
+``patient.identifier``, ``identifier`` or ``_id`` (FHIR), or comes from a token or path
+narrowed to a patient (whose Patient IDs the index knows: ``index.links``). Anything
+else is open-ended: 400 explaining why (``upstream_open_searches = "refuse"``), or
+answered from what the index already holds (``"local"``). The series and instances of a
+study named in the path bring that study in.
+
+Each bringing-in is a job per upstream and per query (``upstream.jobs``): identical
+requests share it, its result holds for the upstream's ``cache_seconds`` (a repeated
+search is served from the index; a changed upstream is seen once it expires), and a
+request that waits longer than ``upstream_wait_seconds`` is 503 + Retry-After. Stored
+copies are served first. Retrieving an instance known only from an upstream's answer is
+not built yet (501).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pacsfhir.dicom.storage import BlobStore
+from pacsfhir.dicom.upload import ReceivedPart
+from pacsfhir.errors import BadRequest, NotImplementedYet
+from pacsfhir.index import links
+from pacsfhir.index.engine import read_connection
+from pacsfhir.index.scope import Scope
+from pacsfhir.search.model import Criterion, Reference, SearchRequest, Token
+from pacsfhir.search.qido import Match, QidoQuery, ValueMatch
+from pacsfhir.store.base import QidoAnswer, StoredInstance, StoreOutcome, StudyPage
+from pacsfhir.store.local import LocalStore
+from pacsfhir.upstream.config import DicomwebUpstream, Upstream
+from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
+from pacsfhir.upstream.dimse import DimseUpstreamClient
+from pacsfhir.upstream.fetch import fetch_studies
+from pacsfhir.upstream.jobs import Jobs
+from pacsfhir.upstream.landing import land
+from pacsfhir.upstream.query import study_query_from_json, study_query_json
+from pacsfhir.vocabulary.ids import DICOM_UID_SYSTEM
+from pacsfhir.vocabulary.levels import Level
+
+FIND = "find"
+_NAMING_KEYS = ("PatientID", "StudyInstanceUID", "AccessionNumber")
+_WILDCARDS = ("*", "?")
+OPEN_SEARCH = (
+    "this search would have to ask the upstream PACS for everything it holds: name a "
+    "patient (patient, patient.identifier, PatientID) or a study (identifier, "
+    "StudyInstanceUID, AccessionNumber)"
+)
+
+Client = DicomwebUpstreamClient | DimseUpstreamClient
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+class GatewayStore(LocalStore):
+    def __init__(
+        self,
+        local: LocalStore,
+        upstreams: Sequence[Upstream],
+        *,
+        wait_seconds: float = 2.0,
+        open_searches: str = "refuse",
+        workers: int = 2,
+    ) -> None:
+        super().__init__(local.archive)
+        self.upstreams = {u.name: u for u in upstreams}
+        self.clients: dict[str, Client] = {
+            u.name: DicomwebUpstreamClient(u)
+            if isinstance(u, DicomwebUpstream)
+            else DimseUpstreamClient(u)
+            for u in upstreams
+        }
+        self.open_searches = open_searches
+        self.jobs = Jobs(
+            self.archive.engine,
+            {FIND: self._find},
+            workers=workers,
+            wait_seconds=wait_seconds,
+        )
+
+    def start(self) -> None:
+        self.jobs.start()
+
+    def close(self) -> None:
+        self.jobs.close()
+        for client in self.clients.values():
+            if isinstance(client, DicomwebUpstreamClient):
+                client.close()
+
+    # -- bringing studies in -------------------------------------------------------------
+
+    def _find(self, payload: dict[str, Any]) -> dict[str, int]:
+        """A job: ask one upstream, land its answers."""
+        name = payload["upstream"]
+        query = study_query_from_json(payload["query"])
+        answers = fetch_studies(self.clients[name], query)
+        timezone = self.archive.settings.dicom_timezone
+        written = land(self.archive.engine, answers, name, _now(), timezone)
+        return {"studies": len(answers), "instances": written}
+
+    def _bring_in(self, query: QidoQuery) -> None:
+        """Run the study-level ``query`` on every upstream (a job each), answers landed."""
+        selection = study_query_json(query)
+        for name, upstream in self.upstreams.items():
+            key = f"{FIND}:{name}:{_digest(selection)}"
+            payload = {
+                "upstream": name,
+                "query": selection,
+                "cache_seconds": upstream.cache_seconds,
+            }
+            self.jobs.run(key, FIND, payload)
+
+    def _patient_ids(self, fhir_ids: Sequence[str]) -> list[str]:
+        with read_connection(self.archive.engine) as conn:
+            return links.dicom_patient_ids(conn, fhir_ids)
+
+    def _reach(self, matches: list[Match], scope: Scope, named: bool = False) -> bool:
+        """Bring in the studies ``matches`` select, narrowed to the scope's patients;
+        False when they name neither a patient nor a study (open-ended). ``named``: the
+        request named a patient or study that no upstream query can name (nothing to
+        bring, but not open-ended)."""
+        if scope.patients:
+            patient_ids = self._patient_ids(scope.patients)
+            if not patient_ids:
+                return True  # a patient no upstream query can name: nothing to bring
+            matches = [m for m in matches if m.keyword != "PatientID"]
+            matches.append(ValueMatch("PatientID", "LO", tuple(patient_ids)))
+        if not any(_names(m) for m in matches):
+            return named
+        self._bring_in(QidoQuery(Level.STUDY, matches=tuple(matches)))
+        return True
+
+    def _refuse_open(self) -> None:
+        if self.open_searches == "refuse":
+            raise BadRequest(OPEN_SEARCH)
+
+    # -- the Store -------------------------------------------------------------------------
+
+    def qido(self, query: QidoQuery, scope: Scope, details: bool) -> QidoAnswer:
+        if query.study_uid is not None:
+            study = ValueMatch("StudyInstanceUID", "UI", (query.study_uid,))
+            self._reach([study], scope)
+        else:
+            selecting = [m for m in query.matches if _study_level(m)]
+            if not self._reach(selecting, scope):
+                self._refuse_open()
+        return super().qido(query, scope, details)
+
+    def search_studies(
+        self, search: SearchRequest, scope: Scope, endpoint_id: str, with_instances: bool
+    ) -> StudyPage:
+        matches, named = self._fhir_selection(search)
+        if not self._reach(matches, scope, named):
+            self._refuse_open()
+        return super().search_studies(search, scope, endpoint_id, with_instances)
+
+    def study(self, study_uid: str, scope: Scope) -> Any:
+        self._reach([ValueMatch("StudyInstanceUID", "UI", (study_uid,))], scope)
+        return super().study(study_uid, scope)
+
+    def instance_path(self, stored: StoredInstance) -> str:
+        if not stored.blob:
+            raise NotImplementedYet(
+                f"instance {stored.sop_uid} is held by an upstream PACS; retrieving it "
+                "through pacsfhir is not built yet"
+            )
+        return super().instance_path(stored)
+
+    def metadata(self, stored: StoredInstance) -> bytes:
+        self.instance_path(stored)  # 501 for a remote placeholder
+        return super().metadata(stored)
+
+    @property
+    def staging(self) -> BlobStore:
+        return super().staging
+
+    def store(
+        self, parts: Sequence[ReceivedPart], study_uid: str | None, scope: Scope
+    ) -> StoreOutcome:
+        """STOW-RS stores here (the upstream stays the source of what it holds)."""
+        return super().store(parts, study_uid, scope)
+
+    # -- FHIR search -> what selects studies upstream ------------------------------------
+
+    def _fhir_selection(self, search: SearchRequest) -> tuple[list[Match], bool]:
+        """The matches that select the search's studies upstream, and whether the search
+        names a patient or study at all (one unknown here selects nothing upstream)."""
+        matches: list[Match] = []
+        named = False
+        for criterion in search.criteria:
+            if criterion.modifier or criterion.missing is not None:
+                continue  # :not, :missing... select nothing that can be asked upstream
+            named |= _names_something(criterion)
+            matches += self._criterion_matches(criterion)
+        return matches, named
+
+    def _criterion_matches(self, criterion: Criterion) -> list[Match]:
+        if criterion.chain is not None:
+            chain = criterion.chain
+            if chain.param != "identifier" or chain.modifier or chain.missing is not None:
+                return []
+            codes = [v.code for v in chain.values if isinstance(v, Token) and v.code]
+            return [ValueMatch("PatientID", "LO", tuple(codes))] if codes else []
+        if criterion.param in ("patient", "subject"):
+            ids = [v.resource_id for v in criterion.values if isinstance(v, Reference)]
+            patient_ids = self._patient_ids(ids) if ids else []
+            return [ValueMatch("PatientID", "LO", tuple(patient_ids))] if patient_ids else []
+        if criterion.param in ("identifier", "_id"):
+            uids, accessions = [], []
+            for value in criterion.values:
+                if not isinstance(value, Token) or not value.code:
+                    continue
+                if criterion.param == "_id":
+                    uids.append(value.code)
+                elif value.system == DICOM_UID_SYSTEM:
+                    uids.append(value.code.removeprefix("urn:oid:"))
+                else:
+                    accessions.append(value.code)
+            if uids and accessions:  # either may match: the accessions are asked apart
+                accession = ValueMatch("AccessionNumber", "SH", tuple(accessions))
+                self._bring_in(QidoQuery(Level.STUDY, matches=(accession,)))
+                accessions = []
+            if uids:
+                return [ValueMatch("StudyInstanceUID", "UI", tuple(uids))]
+            if accessions:
+                return [ValueMatch("AccessionNumber", "SH", tuple(accessions))]
+            return []
+        return []
+
+
+def _names(match: Match) -> bool:
+    """Whether a match names patients or studies (not a wildcard over them all)."""
+    if match.keyword not in _NAMING_KEYS or not isinstance(match, ValueMatch):
+        return False
+    return bool(match.values) and not any(w in v for v in match.values for w in _WILDCARDS)
+
+
+def _names_something(criterion: Criterion) -> bool:
+    if criterion.chain is not None:
+        return criterion.chain.param == "identifier"
+    return criterion.param in ("patient", "subject", "identifier", "_id")
+
+
+def _study_level(match: Match) -> bool:
+    return match.keyword in _NAMING_KEYS
+
+
+def _digest(selection: dict[str, Any]) -> str:
+    text = json.dumps(selection, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -1,0 +1,215 @@
+"""pacsfhir as a gateway in front of Orthanc (its DICOMweb, and its DICOM port): FHIR
+ImagingStudy search and QIDO-RS on pacsfhir bring in what Orthanc holds and answer what
+pacsfhir answers for the same files held itself; open-ended searches are refused saying
+why; slow upstream work is 503 + Retry-After then the result; a repeated search is
+served from the index until the cache time runs out; a dead upstream is 502."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from pacsfhir.api.app import create_app
+from pacsfhir.archive import Archive
+from pacsfhir.dicom.ingest import ingest
+from pacsfhir.index.schema import job
+from tests.conftest import free_port, make_settings, skip_or_fail
+from tests.support.dicom_factory import load_template, write_study
+from tests.support.orthanc import Orthanc, orthanc_problem
+
+PATIENTS = {"GW-1": ("CT", "MR"), "GW-2": ("CT",)}
+
+
+@dataclass
+class World:
+    tmp: Path
+    orthanc: Orthanc
+    reference: TestClient  # pacsfhir holding the same files itself
+    dimse_url: str
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    problem = orthanc_problem()
+    if problem:
+        skip_or_fail(problem)
+    tmp = tmp_path_factory.mktemp("gateway")
+    template = load_template()
+    files: list[Path] = []
+    for patient_id, modalities in PATIENTS.items():
+        for n, modality in enumerate(modalities):
+            _uid, paths = write_study(
+                template,
+                tmp / "dicom",
+                series=2,
+                instances=2,
+                PatientID=patient_id,
+                PatientName=f"GATEWAY^{patient_id}",
+                StudyDate=f"2021010{n + 1}",
+                AccessionNumber=f"{patient_id}-{modality}",
+                Modality=modality,
+            )
+            files += paths
+    reference_archive = Archive.open(make_settings(tmp / "ref", f"sqlite:///{tmp / 'ref.db'}"))
+    ingest([str(p) for p in files], reference_archive.engine, reference_archive.blobs, workers=1)
+    known = {"PACSFHIR": ("127.0.0.1", free_port())}
+    with (
+        Orthanc(tmp / "orthanc", free_port(), free_port(), modalities=known) as orthanc,
+        TestClient(create_app(reference_archive.settings, reference_archive)) as reference,
+    ):
+        assert orthanc.store(files) == len(files)
+        dimse = f"dimse://ORTHANCTEST@127.0.0.1:{orthanc.dicom_port}"
+        yield World(tmp, orthanc, reference, dimse)
+    reference_archive.close()
+
+
+@pytest.fixture(params=["dicomweb", "dimse"])
+def gateway(
+    world: World, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[TestClient, Archive]]:
+    url = world.orthanc.dicomweb_url if request.param == "dicomweb" else world.dimse_url
+    yield from _gateway(tmp_path, url, upstream_wait_seconds=20.0)
+
+
+def _gateway(tmp_path: Path, url: str, **settings: Any) -> Iterator[tuple[TestClient, Archive]]:
+    base = make_settings(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", upstream=url, **settings)
+    archive = Archive.open(base)
+    try:
+        with TestClient(create_app(archive.settings, archive)) as client:
+            yield client, archive
+    finally:
+        archive.close()
+
+
+def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for entry in bundle.get("entry", []):
+        resource = dict(entry["resource"])
+        resource.pop("meta", None)
+        found.append(resource)
+    return sorted(found, key=lambda r: r["id"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient.identifier=GW-1",
+        "patient.identifier=GW-2&modality=CT",
+        "identifier=GW-1-MR",
+        "patient.identifier=GW-1&started=ge2021-01-02",
+    ],
+)
+def test_a_fhir_search_answers_as_the_archive_would(
+    world: World, gateway: tuple[TestClient, Archive], query: str
+) -> None:
+    client, _archive = gateway
+    expected = _resources(world.reference.get(f"/fhir/ImagingStudy?{query}").json())
+    assert expected
+    answer = client.get(f"/fhir/ImagingStudy?{query}")
+    assert answer.status_code == 200, answer.text
+    assert _resources(answer.json()) == expected
+
+
+def test_qido_answers_as_the_archive_would(
+    world: World, gateway: tuple[TestClient, Archive]
+) -> None:
+    client, _archive = gateway
+    for path in ("/dicom-web/studies?PatientID=GW-1", "/dicom-web/studies?AccessionNumber=GW-2-CT"):
+        expected = world.reference.get(path).json()
+        answer = client.get(path)
+        assert answer.status_code == 200, answer.text
+        assert sorted(answer.json(), key=str) == sorted(expected, key=str)
+    study = expected[0]["0020000D"]["Value"][0]
+    series = client.get(f"/dicom-web/studies/{study}/series")
+    assert series.status_code == 200
+    assert len(series.json()) == 2
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/fhir/ImagingStudy?modality=CT",
+        "/fhir/ImagingStudy",
+        "/dicom-web/studies?StudyDate=20210101",
+        "/dicom-web/studies?PatientID=GW-*",
+        "/dicom-web/series?Modality=CT",
+    ],
+)
+def test_open_ended_searches_are_refused_saying_why(
+    gateway: tuple[TestClient, Archive], path: str
+) -> None:
+    client, _archive = gateway
+    answer = client.get(path)
+    assert answer.status_code == 400
+    assert "name a patient" in answer.text
+
+
+def test_a_repeated_search_is_served_from_the_index(
+    world: World, gateway: tuple[TestClient, Archive]
+) -> None:
+    client, archive = gateway
+    for _ in range(3):
+        assert client.get("/fhir/ImagingStudy?patient.identifier=GW-2").json()["total"] == 1
+    with archive.engine.connect() as conn:
+        runs = conn.execute(select(func.sum(job.c.attempts))).scalar_one()
+    assert runs == 1
+
+
+def test_slow_upstream_work_is_503_then_the_result(world: World, tmp_path: Path) -> None:
+    for client, _archive in _gateway(tmp_path, world.dimse_url, upstream_wait_seconds=0.0):
+        first = client.get("/fhir/ImagingStudy?patient.identifier=GW-1")
+        assert first.status_code == 503
+        assert int(first.headers["retry-after"]) >= 1
+        assert first.json()["resourceType"] == "OperationOutcome"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answer = client.get("/fhir/ImagingStudy?patient.identifier=GW-1")
+            if answer.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert answer.status_code == 200
+        assert answer.json()["total"] == 2
+
+
+def test_a_changed_upstream_is_seen_after_the_cache_time(world: World, tmp_path: Path) -> None:
+    for client, _archive in _gateway(
+        tmp_path, world.orthanc.dicomweb_url, upstream_cache_seconds=1, upstream_wait_seconds=20.0
+    ):
+        before = client.get("/fhir/ImagingStudy?patient.identifier=GW-2").json()["total"]
+        _uid, paths = write_study(
+            load_template(), tmp_path / "new", series=1, instances=1, PatientID="GW-2"
+        )
+        assert world.orthanc.store(paths) == 1
+        assert client.get("/fhir/ImagingStudy?patient.identifier=GW-2").json()["total"] == before
+        time.sleep(1.2)
+        after = client.get("/fhir/ImagingStudy?patient.identifier=GW-2").json()["total"]
+        assert after == before + 1
+
+
+def test_retrieving_what_only_the_upstream_holds_is_not_built_yet(
+    gateway: tuple[TestClient, Archive],
+) -> None:
+    client, _archive = gateway
+    study = client.get("/dicom-web/studies?PatientID=GW-1").json()[0]["0020000D"]["Value"][0]
+    assert client.get(f"/dicom-web/studies/{study}").status_code == 501
+
+
+def test_a_dead_upstream_is_502(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/dicom-web"
+    for client, _archive in _gateway(
+        tmp_path, dead, upstream_timeout=3.0, upstream_wait_seconds=20.0
+    ):
+        fhir = client.get("/fhir/ImagingStudy?patient.identifier=X")
+        assert fhir.status_code == 502
+        assert fhir.json()["issue"][0]["code"] == "transient"
+        qido = client.get("/dicom-web/studies?PatientID=X")
+        assert qido.status_code == 502
+        assert "ConnectError" in qido.headers["warning"]
+        assert client.get("/fhir/metadata").status_code == 200  # still serving
