@@ -6,6 +6,9 @@ served from the index until the cache time runs out; a dead upstream is 502."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,12 +22,13 @@ from sqlalchemy import func, select
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
-from pacsfhir.index.schema import job
+from pacsfhir.index.schema import instance, job
 from tests.conftest import free_port, make_settings, skip_or_fail
 from tests.support.dicom_factory import load_template, write_study
 from tests.support.orthanc import Orthanc, orthanc_problem
 
 PATIENTS = {"GW-1": ("CT", "MR"), "GW-2": ("CT",)}
+DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 @dataclass
@@ -193,12 +197,38 @@ def test_a_changed_upstream_is_seen_after_the_cache_time(world: World, tmp_path:
         assert after == before + 1
 
 
-def test_retrieving_what_only_the_upstream_holds_is_not_built_yet(
-    gateway: tuple[TestClient, Archive],
+def test_a_study_held_upstream_is_retrieved_then_served(
+    world: World, gateway: tuple[TestClient, Archive], request: pytest.FixtureRequest
 ) -> None:
-    client, _archive = gateway
+    client, archive = gateway
     study = client.get("/dicom-web/studies?PatientID=GW-1").json()[0]["0020000D"]["Value"][0]
-    assert client.get(f"/dicom-web/studies/{study}").status_code == 501
+    answer = client.get(f"/dicom-web/studies/{study}", headers={"Accept": DICOM_ANY})
+    if "dimse" in request.node.callspec.id:
+        assert answer.status_code == 501  # C-GET / C-MOVE: not built yet
+        assert "not built yet" in answer.headers["warning"]
+        return
+    assert answer.status_code == 200, answer.text
+    expected = world.reference.get(f"/dicom-web/studies/{study}", headers={"Accept": DICOM_ANY})
+    assert sorted(_part_hashes(answer)) == sorted(_part_hashes(expected))
+    with archive.engine.connect() as conn:
+        remote = conn.execute(
+            select(func.count()).select_from(instance).where(instance.c.blob == "")
+        ).scalar_one()
+    assert remote == 4  # the patient's other study (2 series x 2) is still only upstream
+    metadata = client.get(f"/dicom-web/studies/{study}/metadata")
+    assert metadata.status_code == 200
+    assert len(metadata.json()) == 4
+
+
+def _part_hashes(response: Any) -> list[str]:
+    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
+    message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
+    hashes = []
+    for part in message.iter_parts():
+        data = part.get_payload(decode=True)
+        assert isinstance(data, bytes)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    return hashes
 
 
 def test_a_dead_upstream_is_502(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -168,13 +168,8 @@ def _finish(parser: MultipartParser, writer: _PartWriter, rest: bytes) -> None:
         raise BadRequest("multipart body ended before its closing boundary")
 
 
-async def receive_parts(
-    body: AsyncIterator[bytes], boundary: bytes, blobs: BlobStore, limits: UploadLimits
-) -> list[ReceivedPart]:
-    """Stage every part of the body; on a malformed or oversized body, or when the
-    request is cancelled, nothing stays staged."""
-    writer = _PartWriter(blobs, limits)
-    parser = MultipartParser(
+def _parser(boundary: bytes, writer: _PartWriter) -> MultipartParser:
+    return MultipartParser(
         boundary,
         {
             "on_part_begin": writer.begin,
@@ -185,6 +180,36 @@ async def receive_parts(
             "on_part_end": writer.end,
         },
     )
+
+
+def stage_parts(
+    body: Iterable[bytes], boundary: bytes, blobs: BlobStore, limits: UploadLimits
+) -> list[ReceivedPart]:
+    """``receive_parts`` for a body read in a worker thread (a retrieve from an upstream
+    PACS): every part staged as it arrives; on any error nothing stays staged."""
+    writer = _PartWriter(blobs, limits)
+    parser = _parser(boundary, writer)
+    received = 0
+    try:
+        for chunk in body:
+            received += len(chunk)
+            if received > limits.body:
+                raise limits.body_too_large()
+            parser.write(chunk)
+        _finish(parser, writer, b"")
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.parts
+
+
+async def receive_parts(
+    body: AsyncIterator[bytes], boundary: bytes, blobs: BlobStore, limits: UploadLimits
+) -> list[ReceivedPart]:
+    """Stage every part of the body; on a malformed or oversized body, or when the
+    request is cancelled, nothing stays staged."""
+    writer = _PartWriter(blobs, limits)
+    parser = _parser(boundary, writer)
     received = 0
     pending: list[bytes] = []
     pending_size = 0

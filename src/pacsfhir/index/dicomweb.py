@@ -20,8 +20,9 @@ class StoredInstance:
     sop_class_uid: str
     transfer_syntax_uid: str
     number_of_frames: int
-    blob: str
+    blob: str  # "": a remote placeholder, held by ``upstream``
     size: int
+    upstream: str | None = None
 
 
 def stored_instances(
@@ -44,6 +45,7 @@ def stored_instances(
             instance.c.NumberOfFrames,
             instance.c.blob,
             instance.c.size,
+            instance.c.upstream,
         )
         .select_from(study.join(series).join(instance))
         .where(study.c.StudyInstanceUID == study_uid, scope.clause())
@@ -63,7 +65,7 @@ def stored_instances(
             r.SOPInstanceUID,
         ),
     )
-    return [StoredInstance(*row[:8]) for row in ordered]
+    return [StoredInstance(*row[:9]) for row in ordered]
 
 
 def _number(text: str) -> tuple[int, float, str]:

@@ -13,8 +13,10 @@ Each bringing-in is a job per upstream and per query (``upstream.jobs``): identi
 requests share it, its result holds for the upstream's ``cache_seconds`` (a repeated
 search is served from the index; a changed upstream is seen once it expires), and a
 request that waits longer than ``upstream_wait_seconds`` is 503 + Retry-After. Stored
-copies are served first. Retrieving an instance known only from an upstream's answer is
-not built yet (501).
+copies are served first. A WADO-RS request for instances known only from an upstream's
+answer retrieves their study into the archive first (a job: WADO-RS from a DICOMweb
+upstream, streamed into staging through the ingest path; DIMSE retrieval is not built
+yet), then serves it as any stored study.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from pacsfhir.dicom.storage import BlobStore
-from pacsfhir.dicom.upload import ReceivedPart
-from pacsfhir.errors import BadRequest, NotImplementedYet
+from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, related_boundary, stage_parts
+from pacsfhir.errors import (
+    BadGateway,
+    BadRequest,
+    NotImplementedYet,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from pacsfhir.index import links
 from pacsfhir.index.engine import read_connection
 from pacsfhir.index.scope import Scope
@@ -38,6 +46,7 @@ from pacsfhir.store.local import LocalStore
 from pacsfhir.upstream.config import DicomwebUpstream, Upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
 from pacsfhir.upstream.dimse import DimseUpstreamClient
+from pacsfhir.upstream.errors import UpstreamError
 from pacsfhir.upstream.fetch import fetch_studies
 from pacsfhir.upstream.jobs import Jobs
 from pacsfhir.upstream.landing import land
@@ -46,6 +55,8 @@ from pacsfhir.vocabulary.ids import DICOM_UID_SYSTEM
 from pacsfhir.vocabulary.levels import Level
 
 FIND = "find"
+RETRIEVE = "retrieve"
+WHOLE_STUDY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _NAMING_KEYS = ("PatientID", "StudyInstanceUID", "AccessionNumber")
 _WILDCARDS = ("*", "?")
 OPEN_SEARCH = (
@@ -82,7 +93,7 @@ class GatewayStore(LocalStore):
         self.open_searches = open_searches
         self.jobs = Jobs(
             self.archive.engine,
-            {FIND: self._find},
+            {FIND: self._find, RETRIEVE: self._retrieve},
             workers=workers,
             wait_seconds=wait_seconds,
         )
@@ -118,6 +129,47 @@ class GatewayStore(LocalStore):
                 "cache_seconds": upstream.cache_seconds,
             }
             self.jobs.run(key, FIND, payload)
+
+    def _retrieve(self, payload: dict[str, Any]) -> dict[str, int]:
+        """A job: retrieve one study from one upstream into the archive, through the
+        ingest path every stored instance takes (the bytes as the upstream holds them)."""
+        name, study_uid = payload["upstream"], payload["study"]
+        client = self.clients[name]
+        if not isinstance(client, DicomwebUpstreamClient):
+            raise UpstreamError(f"{name}: retrieving over DIMSE (C-GET, C-MOVE) is not built yet")
+        limits = UploadLimits.of(self.archive.settings)
+        with client.retrieve(f"/studies/{study_uid}", WHOLE_STUDY) as answer:
+            if answer.status != 200:
+                raise UpstreamError(
+                    f"{name}: WADO-RS of study {study_uid} answered {answer.status}"
+                )
+            try:
+                boundary = related_boundary(answer.content_type, "application/dicom")
+                parts = stage_parts(answer.chunks, boundary, self.staging, limits)
+            except (BadRequest, UnsupportedMediaType, PayloadTooLarge) as exc:
+                raise UpstreamError(f"{name}: WADO-RS of study {study_uid}: {exc.message}") from exc
+        outcome = LocalStore.store(self, parts, study_uid, Scope())
+        return {"stored": len(outcome.stored), "failed": len(outcome.failures)}
+
+    def _fetch_missing(self, found: list[StoredInstance]) -> bool:
+        """Retrieve the studies of the remote placeholders in ``found`` (a job per
+        upstream and study); whether there were any."""
+        wanted = sorted({(s.upstream, s.study_uid) for s in found if not s.blob and s.upstream})
+        for name, study_uid in wanted:
+            if name not in self.clients:
+                raise BadGateway(
+                    f"instances of study {study_uid} are held by {name!r}, an "
+                    "upstream no longer configured"
+                )
+            if not isinstance(self.clients[name], DicomwebUpstreamClient):
+                raise NotImplementedYet(
+                    f"study {study_uid} is held by {name!r}, a DIMSE upstream: retrieving "
+                    "over C-GET or C-MOVE is not built yet"
+                )
+            key = f"{RETRIEVE}:{name}:{study_uid}"
+            payload = {"upstream": name, "study": study_uid, "cache_seconds": 0}
+            self.jobs.run(key, RETRIEVE, payload)
+        return bool(wanted)
 
     def _patient_ids(self, fhir_ids: Sequence[str]) -> list[str]:
         with read_connection(self.archive.engine) as conn:
@@ -167,17 +219,30 @@ class GatewayStore(LocalStore):
         self._reach([ValueMatch("StudyInstanceUID", "UI", (study_uid,))], scope)
         return super().study(study_uid, scope)
 
-    def instance_path(self, stored: StoredInstance) -> str:
-        if not stored.blob:
-            raise NotImplementedYet(
-                f"instance {stored.sop_uid} is held by an upstream PACS; retrieving it "
-                "through pacsfhir is not built yet"
-            )
-        return super().instance_path(stored)
+    def instances(
+        self,
+        scope: Scope,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        """The instances a WADO-RS path names; those known only upstream are retrieved
+        into the archive first (503 + Retry-After while that runs)."""
+        found = super().instances(scope, study_uid, series_uid, sop_uid)
+        if self._fetch_missing(found):
+            found = super().instances(scope, study_uid, series_uid, sop_uid)
+            missing = [s.sop_uid for s in found if not s.blob]
+            if missing:
+                raise BadGateway(
+                    f"the upstream PACS did not deliver {len(missing)} of the "
+                    f"{len(found)} instances asked for (first: {missing[0]})"
+                )
+        return found
 
-    def metadata(self, stored: StoredInstance) -> bytes:
-        self.instance_path(stored)  # 501 for a remote placeholder
-        return super().metadata(stored)
+    def instance_path(self, stored: StoredInstance) -> str:
+        if not stored.blob:  # instances() retrieves before any path is asked for
+            raise BadGateway(f"instance {stored.sop_uid} is not here yet")
+        return super().instance_path(stored)
 
     @property
     def staging(self) -> BlobStore:
