@@ -1,24 +1,29 @@
-"""WADO-RS from a DICOMweb upstream, streamed as it arrives: the bytes Orthanc stored come
-through unchanged, part by part; an upstream killed mid-transfer is an error, never a
-short answer passed off as whole."""
+"""Retrieval from an upstream: WADO-RS from a DICOMweb upstream, streamed as it arrives
+(the bytes Orthanc stored come through unchanged, part by part), and C-GET from dcmtk's
+dcmqrscp; an upstream killed mid-transfer is an error, never a short answer passed off
+as whole."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import hashlib
+import io
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from pacsfhir.upstream.config import parse_upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
+from pacsfhir.upstream.dimse import DimseUpstreamClient
 from pacsfhir.upstream.errors import UpstreamError
 from tests.conftest import free_port, skip_or_fail
+from tests.support.dcmqrscp import Dcmqrscp, dcmtk_problem
 from tests.support.dicom_factory import load_template, write_study, write_variant
 from tests.support.orthanc import Orthanc, orthanc_problem
 
@@ -94,3 +99,40 @@ def test_an_upstream_killed_mid_transfer_is_an_error(orthanc_with: Orthanc, tmp_
         assert 0 < sum(received) < frames * side * side * 2
     finally:
         client.close()
+
+
+@pytest.fixture
+def qrscp(tmp_path: Path) -> Iterator[Dcmqrscp]:
+    problem = dcmtk_problem()
+    if problem:
+        skip_or_fail(problem)
+    with Dcmqrscp(tmp_path / "qrscp", free_port()) as server:
+        yield server
+
+
+def test_c_get_brings_a_study_as_the_scp_holds_it(qrscp: Dcmqrscp, tmp_path: Path) -> None:
+    study_uid, paths = write_study(load_template(), tmp_path / "dicom", series=2, instances=3)
+    qrscp.store(paths)
+    client = DimseUpstreamClient(parse_upstream(f"dimse://{qrscp.ae_title}@127.0.0.1:{qrscp.port}"))
+    kept: list[bytes] = []
+    assert client.get_study(study_uid, kept.append) == len(paths)
+    received = {pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID for data in kept}
+    assert received == {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+
+
+def test_an_scp_killed_mid_c_get_is_an_error(qrscp: Dcmqrscp, tmp_path: Path) -> None:
+    study_uid, paths = write_study(load_template(), tmp_path / "dicom", series=4, instances=10)
+    qrscp.store(paths)
+    client = DimseUpstreamClient(
+        parse_upstream(f"dimse://{qrscp.ae_title}@127.0.0.1:{qrscp.port}", timeout=5)
+    )
+    kept: list[bytes] = []
+
+    def keep_then_kill(data: bytes) -> None:
+        kept.append(data)
+        if len(kept) == 1:
+            qrscp.kill()
+
+    with pytest.raises(UpstreamError):
+        client.get_study(study_uid, keep_then_kill)
+    assert len(kept) < len(paths)

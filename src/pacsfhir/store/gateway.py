@@ -15,8 +15,8 @@ search is served from the index; a changed upstream is seen once it expires), an
 request that waits longer than ``upstream_wait_seconds`` is 503 + Retry-After. Stored
 copies are served first. A WADO-RS request for instances known only from an upstream's
 answer retrieves their study into the archive first (a job: WADO-RS from a DICOMweb
-upstream, streamed into staging through the ingest path; DIMSE retrieval is not built
-yet), then serves it as any stored study.
+upstream streamed into staging, or C-GET from a DIMSE one, through the ingest path;
+C-MOVE is not built yet), then serves it as any stored study.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pacsfhir.search.model import Criterion, Reference, SearchRequest, Token
 from pacsfhir.search.qido import Match, QidoQuery, ValueMatch
 from pacsfhir.store.base import QidoAnswer, StoredInstance, StoreOutcome, StudyPage
 from pacsfhir.store.local import LocalStore
-from pacsfhir.upstream.config import DicomwebUpstream, Upstream
+from pacsfhir.upstream.config import DicomwebUpstream, DimseUpstream, Upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
 from pacsfhir.upstream.dimse import DimseUpstreamClient
 from pacsfhir.upstream.errors import UpstreamError
@@ -132,11 +132,19 @@ class GatewayStore(LocalStore):
 
     def _retrieve(self, payload: dict[str, Any]) -> dict[str, int]:
         """A job: retrieve one study from one upstream into the archive, through the
-        ingest path every stored instance takes (the bytes as the upstream holds them)."""
+        ingest path every stored instance takes (WADO-RS with the bytes as the upstream
+        holds them, or C-GET)."""
         name, study_uid = payload["upstream"], payload["study"]
         client = self.clients[name]
-        if not isinstance(client, DicomwebUpstreamClient):
-            raise UpstreamError(f"{name}: retrieving over DIMSE (C-GET, C-MOVE) is not built yet")
+        if isinstance(client, DicomwebUpstreamClient):
+            parts = self._wado_parts(client, study_uid)
+        else:
+            parts = self._c_get_parts(client, study_uid)
+        outcome = LocalStore.store(self, parts, study_uid, Scope())
+        return {"stored": len(outcome.stored), "failed": len(outcome.failures)}
+
+    def _wado_parts(self, client: DicomwebUpstreamClient, study_uid: str) -> list[ReceivedPart]:
+        name = client.upstream.name
         limits = UploadLimits.of(self.archive.settings)
         with client.retrieve(f"/studies/{study_uid}", WHOLE_STUDY) as answer:
             if answer.status != 200:
@@ -145,11 +153,22 @@ class GatewayStore(LocalStore):
                 )
             try:
                 boundary = related_boundary(answer.content_type, "application/dicom")
-                parts = stage_parts(answer.chunks, boundary, self.staging, limits)
+                return stage_parts(answer.chunks, boundary, self.staging, limits)
             except (BadRequest, UnsupportedMediaType, PayloadTooLarge) as exc:
                 raise UpstreamError(f"{name}: WADO-RS of study {study_uid}: {exc.message}") from exc
-        outcome = LocalStore.store(self, parts, study_uid, Scope())
-        return {"stored": len(outcome.stored), "failed": len(outcome.failures)}
+
+    def _c_get_parts(self, client: DimseUpstreamClient, study_uid: str) -> list[ReceivedPart]:
+        parts: list[ReceivedPart] = []
+
+        def keep(data: bytes) -> None:
+            parts.append(ReceivedPart("application/dicom", self.staging.stage_chunks(iter([data]))))
+
+        try:
+            client.get_study(study_uid, keep)
+        except BaseException:
+            self.discard(parts)  # a transfer cut short leaves nothing staged
+            raise
+        return parts
 
     def _fetch_missing(self, found: list[StoredInstance]) -> bool:
         """Retrieve the studies of the remote placeholders in ``found`` (a job per
@@ -161,10 +180,11 @@ class GatewayStore(LocalStore):
                     f"instances of study {study_uid} are held by {name!r}, an "
                     "upstream no longer configured"
                 )
-            if not isinstance(self.clients[name], DicomwebUpstreamClient):
+            upstream = self.upstreams[name]
+            if isinstance(upstream, DimseUpstream) and upstream.retrieve == "c-move":
                 raise NotImplementedYet(
-                    f"study {study_uid} is held by {name!r}, a DIMSE upstream: retrieving "
-                    "over C-GET or C-MOVE is not built yet"
+                    f"study {study_uid} is held by {name!r}, whose retrieve method is "
+                    "C-MOVE: not built yet (C-GET is)"
                 )
             key = f"{RETRIEVE}:{name}:{study_uid}"
             payload = {"upstream": name, "study": study_uid, "cache_seconds": 0}

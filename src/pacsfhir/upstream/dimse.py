@@ -1,4 +1,6 @@
-"""A DIMSE upstream (pynetdicom): associations to a Query/Retrieve SCP, C-ECHO, C-FIND.
+"""A DIMSE upstream (pynetdicom): associations to a Query/Retrieve SCP, C-ECHO, C-FIND,
+and C-GET of a study (every storage SOP class pynetdicom names, offered in every
+transfer syntax, so the instances come as the SCP holds them).
 
 Every call opens its own association (a PACS limits and times out idle ones), with the
 upstream's timeout on association, DIMSE messages and the network. What fails says why in
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pydicom.uid import AllTransferSyntaxes as ALL_TRANSFER_SYNTAXES
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -31,6 +34,10 @@ from pacsfhir.upstream.query import UNIQUE_KEYS, cfind_identifiers
 
 log = logging.getLogger(__name__)
 FIND = StudyRootQueryRetrieveInformationModelFind
+GET = StudyRootQueryRetrieveInformationModelGet
+# What a C-GET may send back: 120 storage SOP classes (with the C-GET context, under the
+# 128 presentation contexts an association may propose).
+STORAGE_CLASSES = [str(c.abstract_syntax) for c in StoragePresentationContexts if c.abstract_syntax]
 RETRIEVE = {
     "c-get": StudyRootQueryRetrieveInformationModelGet,
     "c-move": StudyRootQueryRetrieveInformationModelMove,
@@ -113,6 +120,67 @@ class DimseUpstreamClient:
                 uid = str(match.get(unique, ""))
                 found.setdefault(uid, match.to_json_dict())
         return list(found.values())
+
+    def get_study(self, study_uid: str, keep: Callable[[bytes], None]) -> int:
+        """C-GET a whole study (Study Root): each instance received, as Part 10 bytes
+        (the data set as it came, with a file meta header), is handed to ``keep`` before
+        it is acknowledged; the number kept. UpstreamError when the SCP refuses, stops,
+        or reports sub-operations that failed (what was kept stays kept: the caller
+        decides)."""
+        u = self.upstream
+        kept = 0
+
+        def on_store(event: Any) -> int:
+            nonlocal kept
+            try:
+                keep(event.encoded_dataset(include_meta=True))
+            except Exception:
+                log.exception("an instance received by C-GET could not be kept")
+                return 0xA700  # Out of Resources
+            kept += 1
+            return 0x0000
+
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        ae = self._ae([GET])
+        for sop_class in STORAGE_CLASSES:
+            ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        roles: list[Any] = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_CLASSES]
+        started = time.monotonic()
+        try:
+            assoc = ae.associate(
+                u.host,
+                u.port,
+                ae_title=u.called_ae,
+                ext_neg=roles,
+                evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            )
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UpstreamError(f"{u.name}: cannot open an association: {exc}") from exc
+        if not assoc.is_established:
+            ae.shutdown()
+            raise UpstreamError(f"{u.name}: {_why_not(assoc)}", timed_out=_timed_out(assoc))
+        try:
+            final: Dataset | None = None
+            for status, _identifier in assoc.send_c_get(identifier, GET):
+                if not status:
+                    raise self._lost(assoc, "C-GET", time.monotonic() - started)
+                if int(status.Status) not in _PENDING:
+                    final = status
+            assert final is not None
+            code = int(final.Status)
+            failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
+            if code not in (0x0000, 0xB000) or failed:
+                raise UpstreamError(
+                    f"{u.name}: C-GET of study {study_uid} ended with status 0x{code:04X}, "
+                    f"{failed} instance(s) failed"
+                )
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            ae.shutdown()
+        return kept
 
     def retrieve_accepted(self) -> bool:
         """Whether the SCP accepts our retrieve method's presentation context."""
