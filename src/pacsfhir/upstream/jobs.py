@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine
@@ -72,6 +73,7 @@ class Jobs:
         self._lock = threading.Lock()
         self._wake = threading.Event()  # a job was submitted here: look now
         self._ended = threading.Condition()  # a job ended here: waiters look now
+        self._ends = 0  # how many jobs ended here (waiters wait for it to change)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -123,14 +125,20 @@ class Jobs:
     def _wait(self, key: str, seconds: float) -> store.Job:
         deadline = time.monotonic() + seconds
         while True:
+            with self._ended:
+                seen = self._ends
             with read_connection(self.engine) as conn:
                 job = store.get(conn, key)
             assert job is not None
             left = deadline - time.monotonic()
             if job.ended or left <= 0:
                 return job
-            with self._ended:  # woken at once when this process ends a job
-                self._ended.wait(timeout=min(left, 0.05))
+            with self._ended:  # woken at once when this process ends a job; another
+                # process's jobs are looked at every 50 ms
+                self._ended.wait_for(partial(self._changed, seen), timeout=min(left, 0.05))
+
+    def _changed(self, seen: int) -> bool:
+        return self._ends != seen
 
     def retry_after(self, job: store.Job) -> int:
         """Seconds until the job is likely done: the median duration of the last ones of
@@ -185,6 +193,7 @@ class Jobs:
             with self._lock:
                 self._running.pop(job.pk, None)
             with self._ended:
+                self._ends += 1
                 self._ended.notify_all()
 
     def _beat(self) -> None:

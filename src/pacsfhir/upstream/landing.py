@@ -38,14 +38,17 @@ def _dataset(answer: dict[str, object]) -> Dataset:
 
 def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
     """A placeholder record per instance of ``answer`` whose attributes can be read (one
-    without SOP Class UID, or whose parents are missing, is left out and logged)."""
-    series_by_uid = {uid_of(s, Level.SERIES): s for s in answer.series}
+    without SOP Class UID, or whose parents are missing, is left out and logged). Each
+    level's JSON is read once."""
+    study = _dataset(answer.study)
+    series_by_uid = {uid_of(s, Level.SERIES): _dataset(s) for s in answer.series}
     records = []
     for instance in answer.instances:
-        merged = _dataset(answer.study)
+        merged = Dataset()
+        merged.update(study)
         series = series_by_uid.get(uid_of(instance, Level.SERIES))
         if series is not None:
-            merged.update(_dataset(series))
+            merged.update(series)
         merged.update(_dataset(instance))
         merged.file_meta = FileMetaDataset()
         try:
