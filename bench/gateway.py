@@ -10,8 +10,10 @@ in front of Orthanc's DICOMweb, side by side with the upstream calls themselves.
 - **Retrieve**: a WADO-RS of one large study (noise pixels: nothing compresses), streamed
   and counted, straight from Orthanc, then through pacsfhir the first time (retrieved
   into the archive, then served) and again (from the archive), with pacsfhir's peak RSS.
-  Target: at least 90% of direct throughput, RSS under 150 MB. The first retrieve lands
-  the study before serving it (not streamed through): the figure says what that costs.
+  Target: at least 90% of direct throughput, RSS under 150 MB. A study none of whose
+  instances is stored here is streamed straight through from the upstream (nothing
+  stored); the metadata request after it retrieves the study into the archive, and the
+  last retrieve is served from there.
 """
 
 from __future__ import annotations
@@ -119,6 +121,13 @@ def run(workdir: Path, big_mb: int = 200) -> dict[str, Any]:
             again_s, _ = _timed_get(
                 client, f"{base}/dicom-web/studies/{big_study}", headers={"Accept": DICOM_ANY}
             )
+            started = time.perf_counter()
+            landed = client.get(f"{base}/dicom-web/studies/{big_study}/metadata")
+            assert landed.status_code == 200, landed.text
+            land_s = time.perf_counter() - started
+            stored_s, _ = _timed_get(
+                client, f"{base}/dicom-web/studies/{big_study}", headers={"Accept": DICOM_ANY}
+            )
             sampler.stop()
             memory = sampler.summary()
             memory["start_rss_mb"] = (
@@ -138,6 +147,8 @@ def run(workdir: Path, big_mb: int = 200) -> dict[str, Any]:
             "direct_mb_s": megabytes / direct_s,
             "first_mb_s": megabytes / first_s,
             "again_mb_s": megabytes / again_s,
+            "retrieve_into_archive_mb_s": megabytes / land_s,
+            "stored_mb_s": megabytes / stored_s,
             "server_peak_rss_mb": memory.get("peak_tree_rss_mb"),
             "server_start_rss_mb": memory.get("start_rss_mb"),
         }
@@ -171,16 +182,28 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         [
-            "WADO-RS through pacsfhir, first (retrieved, then served) (MB/s)",
+            "WADO-RS through pacsfhir, first (streamed through) (MB/s)",
             f"{r['first_mb_s']:.0f}",
             f"{first_ratio:.0%} of direct",
             "PASS" if first_ratio >= 0.9 else "FAIL",
         ],
         [
-            "WADO-RS through pacsfhir, again (from the archive) (MB/s)",
+            "WADO-RS through pacsfhir, again (streamed through) (MB/s)",
             f"{r['again_mb_s']:.0f}",
             f"{again_ratio:.0%} of direct",
             "PASS" if again_ratio >= 0.9 else "FAIL",
+        ],
+        [
+            "retrieval into the archive (WADO-RS, staged, ingested) (MB/s)",
+            f"{r['retrieve_into_archive_mb_s']:.0f}",
+            "",
+            "",
+        ],
+        [
+            "WADO-RS through pacsfhir, from the archive (MB/s)",
+            f"{r['stored_mb_s']:.0f}",
+            f"{r['stored_mb_s'] / r['direct_mb_s']:.0%} of direct",
+            "PASS" if r["stored_mb_s"] >= 0.9 * r["direct_mb_s"] else "FAIL",
         ],
         [
             "pacsfhir peak RSS during the retrieves (MB)",

@@ -26,6 +26,7 @@ from pacsfhir.api.wado_common import (
     STUDY,
     accept_ranges,
     accept_text,
+    check_uids,
     find_instances,
     frame_numbers,
     multipart_response,
@@ -145,19 +146,34 @@ def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool
     return multipart_response(parts, DICOM)
 
 
+def _retrieve_uids(
+    request: Request, single_ok: bool, study: str, series: str | None = None, sop: str | None = None
+) -> Response:
+    """A DICOM retrieve: streamed through from an upstream that holds all of it (the
+    gateway), else from the store's files."""
+    check_uids(study, series, sop)
+    context = context_of(request)
+    passed = context.store.pass_through(context.scope, accept_text(request), study, series, sop)
+    if passed is not None:
+        return StreamingResponse(
+            in_batches(passed.body), status_code=passed.status, media_type=passed.content_type
+        )
+    return _retrieve(request, find_instances(request, study, series, sop), single_ok)
+
+
 @router.get(STUDY)
 def retrieve_study(request: Request, study: str) -> Response:
-    return _retrieve(request, find_instances(request, study), single_ok=False)
+    return _retrieve_uids(request, False, study)
 
 
 @router.get(SERIES)
 def retrieve_series(request: Request, study: str, series: str) -> Response:
-    return _retrieve(request, find_instances(request, study, series), single_ok=False)
+    return _retrieve_uids(request, False, study, series)
 
 
 @router.get(INSTANCE)
 def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
-    return _retrieve(request, find_instances(request, study, series, instance), single_ok=True)
+    return _retrieve_uids(request, True, study, series, instance)
 
 
 # -- metadata (application/dicom+json) ---------------------------------------------------

@@ -50,12 +50,17 @@ def route_each_level(router: APIRouter, suffix: str, label: str, handle: Handler
 # -- look-ups ----------------------------------------------------------------------------
 
 
+def check_uids(*uids: str | None) -> None:
+    """400 unless every UID given is one (PS3.5 9.1)."""
+    for uid in uids:
+        if uid is not None and not is_valid_uid(uid):
+            raise BadRequest(f"not a valid UID: {uid[:80]!r}")
+
+
 def find_instances(
     request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> list[StoredInstance]:
-    for uid in (study, series, instance):
-        if uid is not None and not is_valid_uid(uid):
-            raise BadRequest(f"not a valid UID: {uid[:80]!r}")
+    check_uids(study, series, instance)
     context = context_of(request)
     found = context.store.instances(context.scope, study, series, instance)
     if not found:

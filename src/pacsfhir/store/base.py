@@ -13,7 +13,7 @@ DICOM keyword, ``StudyRows``), never connections or SQL.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +54,16 @@ class QidoAnswer:
 
     rows: list[tuple[dict[str, Any], dict[str, Any] | None]]
     remaining: int  # matches after this page
+
+
+@dataclass(frozen=True)
+class PassedThrough:
+    """An upstream's answer to a retrieve, passed on as it arrives: its status, content
+    type and body (iterating it to the end, or closing it, ends the upstream call)."""
+
+    status: int
+    content_type: str
+    body: Iterator[bytes]
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,19 @@ class Store(Protocol):
     ) -> list[StoredInstance]:
         """The instances of a study, series or instance, in Series Number then Instance
         Number order; empty when none is there."""
+        ...
+
+    def pass_through(
+        self,
+        scope: Scope,
+        accept: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> PassedThrough | None:
+        """A DICOM retrieve (``Accept`` as the client sent it) answered by the upstream
+        that holds every instance it names, streamed straight through; None when the
+        store answers it itself."""
         ...
 
     def instance_path(self, stored: StoredInstance) -> str:

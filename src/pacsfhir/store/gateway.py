@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pacsfhir.dicom.storage import BlobStore
@@ -32,6 +32,7 @@ from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, related_boundary, 
 from pacsfhir.errors import (
     BadGateway,
     BadRequest,
+    GatewayTimeout,
     NotImplementedYet,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -41,7 +42,13 @@ from pacsfhir.index.engine import read_connection
 from pacsfhir.index.scope import Scope
 from pacsfhir.search.model import Criterion, Reference, SearchRequest, Token
 from pacsfhir.search.qido import Match, QidoQuery, ValueMatch
-from pacsfhir.store.base import QidoAnswer, StoredInstance, StoreOutcome, StudyPage
+from pacsfhir.store.base import (
+    PassedThrough,
+    QidoAnswer,
+    StoredInstance,
+    StoreOutcome,
+    StudyPage,
+)
 from pacsfhir.store.local import LocalStore
 from pacsfhir.upstream.config import DicomwebUpstream, DimseUpstream, Upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
@@ -259,6 +266,32 @@ class GatewayStore(LocalStore):
                 )
         return found
 
+    def pass_through(
+        self,
+        scope: Scope,
+        accept: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> PassedThrough | None:
+        """Streamed from a DICOMweb upstream when it holds every instance asked for and
+        none is here: nothing buffered, nothing stored (a later request for frames,
+        metadata or renderings retrieves the study into the archive)."""
+        found = LocalStore.instances(self, scope, study_uid, series_uid, sop_uid)
+        holders = {s.upstream for s in found}
+        if not found or any(s.blob for s in found) or len(holders) != 1:
+            return None
+        name = holders.pop()
+        client = self.clients.get(name or "")
+        if not isinstance(client, DicomwebUpstreamClient):
+            return None
+        path = f"/studies/{study_uid}"
+        if series_uid is not None:
+            path += f"/series/{series_uid}"
+            if sop_uid is not None:
+                path += f"/instances/{sop_uid}"
+        return _passed_through(client, path, accept)
+
     def instance_path(self, stored: StoredInstance) -> str:
         if not stored.blob:  # instances() retrieves before any path is asked for
             raise BadGateway(f"instance {stored.sop_uid} is not here yet")
@@ -320,6 +353,23 @@ class GatewayStore(LocalStore):
                 return [ValueMatch("AccessionNumber", "SH", tuple(accessions))]
             return []
         return []
+
+
+def _passed_through(client: DicomwebUpstreamClient, path: str, accept: str) -> PassedThrough:
+    """The upstream's answer, open until its body has been read or closed."""
+    opened = client.retrieve(path, accept)
+    try:
+        answer = opened.__enter__()
+    except UpstreamError as exc:
+        raise (GatewayTimeout if exc.timed_out else BadGateway)(exc.message) from exc
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from answer.chunks
+        finally:
+            opened.__exit__(None, None, None)
+
+    return PassedThrough(answer.status, answer.content_type, body())
 
 
 def _names(match: Match) -> bool:

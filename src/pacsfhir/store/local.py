@@ -33,7 +33,7 @@ from pacsfhir.mapping.patient import linked_patient
 from pacsfhir.mapping.patient import patient as derived_patient
 from pacsfhir.search.model import SearchRequest
 from pacsfhir.search.qido import QidoQuery
-from pacsfhir.store.base import Failure, QidoAnswer, StoreOutcome, StudyPage
+from pacsfhir.store.base import Failure, PassedThrough, QidoAnswer, StoreOutcome, StudyPage
 from pacsfhir.vocabulary.levels import Level
 
 # STOW-RS Failure Reasons (PS3.18 Table I.2-2, and ours: docs/conformance.md)
@@ -158,6 +158,16 @@ class LocalStore:
     ) -> list[StoredInstance]:
         with read_connection(self.archive.engine) as conn:
             return stored_instances(conn, scope, study_uid, series_uid, sop_uid)
+
+    def pass_through(
+        self,
+        scope: Scope,
+        accept: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> PassedThrough | None:
+        return None  # everything is here
 
     def instance_path(self, stored: StoredInstance) -> str:
         return str(self.archive.blobs.absolute(stored.blob))

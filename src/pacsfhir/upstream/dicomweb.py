@@ -24,7 +24,7 @@ from pacsfhir.upstream.query import UNIQUE_TAGS, qido_path, qido_requests
 DICOM_JSON = "application/dicom+json"
 _SAFE = "*^\\,-._~:"  # besides letters and digits, kept as they are in a query value
 MAX_QIDO_BYTES = 64 << 20
-CHUNK_BYTES = 256 * 1024  # a QIDO answer larger than this is refused, not held
+CHUNK_BYTES = 1 << 20  # what a retrieve is relayed in
 
 
 class DicomwebUpstreamClient:
@@ -101,7 +101,11 @@ class DicomwebUpstreamClient:
         name = self.upstream.name
         try:
             with self._client.stream(
-                "GET", self.upstream.base_url + path, headers={"Accept": accept}
+                "GET",
+                self.upstream.base_url + path,
+                # no compression: the bytes are relayed as they come (a DICOM file
+                # compresses little, and decompressing would cost the relay a core)
+                headers={"Accept": accept, "Accept-Encoding": "identity"},
             ) as response:
                 yield Retrieved(
                     response.status_code,
@@ -123,7 +127,7 @@ class Retrieved:
 
 def _chunks(response: httpx.Response, name: str, path: str) -> Iterator[bytes]:
     try:
-        yield from response.iter_bytes(CHUNK_BYTES)
+        yield from response.iter_raw(CHUNK_BYTES)
     except httpx.TimeoutException as exc:
         raise UpstreamError(f"{name}: WADO-RS {path} stalled mid-transfer", True) from exc
     except httpx.HTTPError as exc:
