@@ -24,10 +24,12 @@ from sqlalchemy import func, select
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
-from pacsfhir.index.schema import instance, job
+from pacsfhir.index.schema import instance, job, study
 from tests.conftest import free_port, make_settings, skip_or_fail
+from tests.support.authserver import AuthServer
 from tests.support.dicom_factory import load_template, write_study
 from tests.support.orthanc import Orthanc, orthanc_problem
+from tests.support.secured import bearer
 
 PATIENTS = {"GW-1": ("CT", "MR"), "GW-2": ("CT",)}
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -276,3 +278,45 @@ def test_a_dead_upstream_is_502(tmp_path: Path) -> None:
         assert qido.status_code == 502
         assert "ConnectError" in qido.headers["warning"]
         assert client.get("/fhir/metadata").status_code == 200  # still serving
+
+
+def test_a_patient_token_never_brings_in_or_sees_another_patient(
+    world: World, tmp_path: Path, auth_server: AuthServer
+) -> None:
+    """Through the gateway, patient GW-1's token searches, reads and retrieves GW-2's
+    studies by every route it has: nothing found, and nothing of GW-2 even asked for."""
+    reference_studies = world.reference.get("/fhir/ImagingStudy?patient.identifier=GW-2").json()
+    theirs = reference_studies["entry"][0]["resource"]["id"]
+    for client, archive in _gateway(
+        tmp_path,
+        world.orthanc.dicomweb_url,
+        upstream_wait_seconds=20.0,
+        auth="jwt",
+        jwt_issuer=auth_server.issuer,
+    ):
+        system = bearer(auth_server, "system/*.rs")
+        mine = client.get("/fhir/ImagingStudy?patient.identifier=GW-1", headers=system).json()
+        patient = mine["entry"][0]["resource"]["subject"]["reference"].split("/")[1]
+        token = bearer(auth_server, "patient/ImagingStudy.rs", patient)
+        for path in (
+            "/fhir/ImagingStudy?patient.identifier=GW-2",
+            f"/fhir/ImagingStudy?identifier=urn:dicom:uid|urn:oid:{theirs}",
+            "/dicom-web/studies?PatientID=GW-2",
+            f"/dicom-web/studies?StudyInstanceUID={theirs}",
+        ):
+            answer = client.get(path, headers=token)
+            assert answer.status_code in (200, 204), path
+            if path.startswith("/fhir"):
+                assert answer.json()["total"] == 0, path  # (the self link echoes the query)
+            else:
+                assert answer.status_code == 204 or not answer.json(), path
+        for path in (
+            f"/fhir/ImagingStudy/{theirs}",
+            f"/dicom-web/studies/{theirs}",
+            f"/dicom-web/studies/{theirs}/metadata",
+            f"/fhir/Patient/{patient}/$wado-rs/studies/{theirs}",
+        ):
+            assert client.get(path, headers=token).status_code == 404, path
+        with archive.engine.connect() as conn:
+            landed = {uid for (uid,) in conn.execute(select(study.c.StudyInstanceUID))}
+        assert theirs not in landed  # never asked of the upstream for this token
