@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import free_port
+from tests.support.processes import wait_for_http
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -23,21 +22,6 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            _, err = process.communicate()
-            pytest.fail(f"server exited early: {err.decode()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not answer within {seconds}s")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> str:
@@ -51,7 +35,7 @@ def test_demo_ingests_samples_and_serves(tmp_path: Path) -> None:
     process = _start(["demo", "--data", str(tmp_path / "demo"), "--port", str(port)], {})
     base = f"http://127.0.0.1:{port}/fhir"
     try:
-        _wait_for(f"{base}/metadata", process)
+        wait_for_http(f"{base}/metadata", process)
         bundle = httpx.get(f"{base}/ImagingStudy", params={"modality": "CT"}).json()
         assert bundle["total"] > 0
         names = httpx.get(f"{base}/ImagingStudy", params={"patient.name": "buc"}).json()

@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 from pacsfhir.archive import Archive
 from pacsfhir.index.schema import job
 from tests.conftest import free_port
-from tests.integration.test_cli_serve import _wait_for
 from tests.support.dicom_factory import load_template, write_study
 from tests.support.orthanc import Orthanc
+from tests.support.processes import wait_for_http
 from tests.support.threads import run_together
 
 PATIENT = f"GWP-{uuid.uuid4().hex[:8]}"  # the session's Orthanc is shared: our own patient
@@ -56,7 +56,7 @@ def two_servers(archive: Archive, orthanc: Orthanc, tmp_path: Path) -> Iterator[
             )
             bases.append(f"http://127.0.0.1:{port}")
         for base, process in zip(bases, processes, strict=True):
-            _wait_for(f"{base}/fhir/metadata", process)
+            wait_for_http(f"{base}/fhir/metadata", process)
         yield bases
     finally:
         for process in processes:
