@@ -52,7 +52,11 @@ class BlobStore:
         removed = 0
         cutoff = time.time() - older_than
         for entry in os.scandir(self.incoming):
-            if entry.name.endswith(".part") and entry.stat().st_mtime < cutoff:
+            try:
+                stale = entry.name.endswith(".part") and entry.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue  # its writer (another process) placed or discarded it meanwhile
+            if stale:
                 self.discard(entry.path)
                 removed += 1
         return removed

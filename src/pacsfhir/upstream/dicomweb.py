@@ -91,6 +91,14 @@ class DicomwebUpstreamClient:
                 found.setdefault(uid, match)
         return list(found.values())
 
+    def header(self, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]:
+        """One instance's attributes as DICOM JSON (WADO-RS metadata)."""
+        path = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/metadata"
+        found = self.qido(path)  # the same answer shape: a DICOM JSON array
+        if len(found) != 1:
+            raise UpstreamError(f"{self.upstream.name}: {path} answered {len(found)} objects")
+        return found[0]
+
     @contextmanager
     def retrieve(self, path: str, accept: str) -> Iterator[Retrieved]:
         """``GET {base}{path}`` (a WADO-RS resource) with the client's ``accept``, the

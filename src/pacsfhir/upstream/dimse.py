@@ -14,8 +14,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from io import BytesIO
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes as ALL_TRANSFER_SYNTAXES
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
@@ -127,6 +129,27 @@ class DimseUpstreamClient:
         it is acknowledged; the number kept. UpstreamError when the SCP refuses, stops,
         or reports sub-operations that failed (what was kept stays kept: the caller
         decides)."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        return self._get(identifier, keep, f"study {study_uid}")
+
+    def header(self, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]:
+        """One instance's attributes as DICOM JSON, bulk data left out (by C-GET of the
+        instance: DIMSE has no header-only retrieve)."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = series_uid
+        identifier.SOPInstanceUID = sop_uid
+        received: list[bytes] = []
+        self._get(identifier, received.append, f"instance {sop_uid}")
+        if not received:
+            raise UpstreamError(f"{self.upstream.name}: C-GET of instance {sop_uid} sent nothing")
+        ds = dcmread(BytesIO(received[0]), stop_before_pixels=True)
+        return dict(ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=_no_bulk))
+
+    def _get(self, identifier: Dataset, keep: Callable[[bytes], None], what: str) -> int:
         u = self.upstream
         kept = 0
 
@@ -140,9 +163,6 @@ class DimseUpstreamClient:
             kept += 1
             return 0x0000
 
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = study_uid
         ae = self._ae([GET])
         for sop_class in STORAGE_CLASSES:
             ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
@@ -173,7 +193,7 @@ class DimseUpstreamClient:
             failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
             if code not in (0x0000, 0xB000) or failed:
                 raise UpstreamError(
-                    f"{u.name}: C-GET of study {study_uid} ended with status 0x{code:04X}, "
+                    f"{u.name}: C-GET of {what} ended with status 0x{code:04X}, "
                     f"{failed} instance(s) failed"
                 )
         finally:
@@ -187,6 +207,10 @@ class DimseUpstreamClient:
         method = RETRIEVE[self.upstream.retrieve]
         with self.association([method]) as assoc:
             return any(c.abstract_syntax == method for c in assoc.accepted_contexts)
+
+
+def _no_bulk(_element: Any) -> str:
+    return ""  # a header needs no bulk data: no URI to fetch it by
 
 
 def _check_status(name: str, what: str, status: Dataset) -> None:

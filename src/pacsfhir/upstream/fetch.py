@@ -5,7 +5,9 @@ DICOMweb and a DIMSE upstream (both answer ``search(QidoQuery)`` with DICOM JSON
 
 Instances are asked series by series: a C-FIND below the study needs its parents in a
 hierarchical Study Root query. What an upstream does not return stays empty (a C-FIND
-SCP returns what it has: often no Performing Physician, Body Part or Number of Frames).
+SCP returns what it has: often no Performing Physician, Body Part or Number of Frames),
+but for the SOP Class UID an ImagingStudy instance cannot go without: when the answers
+lack it, one header per series is asked for (``_complete_from_header``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,16 @@ INSTANCE_KEYS = keyword_set(
 )
 
 
+SOP_CLASS = f"{tag_of('SOPClassUID'):08X}"
+STUDY_TAGS = sorted(f"{tag_of(k):08X}" for k in STUDY_KEYS)
+SERIES_TAGS = sorted(f"{tag_of(k):08X}" for k in SERIES_KEYS)
+INSTANCE_HEADER_TAGS = sorted(f"{tag_of(k):08X}" for k in INSTANCE_KEYS)
+
+
 class Searcher(Protocol):
     def search(self, query: QidoQuery) -> list[dict[str, Any]]: ...
+
+    def header(self, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -85,12 +95,42 @@ def fetch_study(upstream: Searcher, study: dict[str, Any]) -> StudyAnswer:
     ]
     instances: list[dict[str, Any]] = []
     for one in series:
-        instances += upstream.search(
+        series_uid = uid_of(one, Level.SERIES)
+        found = upstream.search(
             QidoQuery(
                 Level.INSTANCE,
                 study_uid=study_uid,
-                series_uid=uid_of(one, Level.SERIES),
+                series_uid=series_uid,
                 includes=_tags(INSTANCE_KEYS),
             )
         )
+        if found and any(SOP_CLASS not in i for i in found):
+            _complete_from_header(upstream, study, one, found)
+        instances += found
     return StudyAnswer(study, series, instances)
+
+
+def _complete_from_header(
+    upstream: Searcher,
+    study: dict[str, Any],
+    series: dict[str, Any],
+    instances: list[dict[str, Any]],
+) -> None:
+    """An upstream that answers no SOP Class UID (dcmqrscp's C-FIND) is asked for the
+    header of the series' first instance: its SOP Class UID stands for every instance of
+    the series that has none (a series is of one SOP class as a rule; where it is not,
+    those instances are shown with the first one's), and the study and series attributes
+    the index keeps are taken from it where the answers had none (a Timezone Offset From
+    UTC, say, without which ``started`` has no time). Costs one retrieve per series."""
+    first = instances[0]
+    study_uid = uid_of(study, Level.STUDY)
+    header = upstream.header(study_uid, uid_of(series, Level.SERIES), uid_of(first, Level.INSTANCE))
+    for level, tags in ((study, STUDY_TAGS), (series, SERIES_TAGS)):
+        for tag in tags:
+            if tag in header and not level.get(tag, {}).get("Value"):
+                level[tag] = header[tag]
+    for instance in instances:
+        for tag in INSTANCE_HEADER_TAGS:
+            missing = tag in header and not instance.get(tag, {}).get("Value")
+            if missing and (tag == SOP_CLASS or instance is first):
+                instance[tag] = header[tag]
