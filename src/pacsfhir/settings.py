@@ -159,6 +159,16 @@ SETTINGS: tuple[Setting, ...] = (
         3600,
         "How long a patient read at the EHR (its identifiers, so its links) is trusted",
     ),
+    Setting(
+        "dimse_port",
+        int,
+        0,
+        "Port of the DICOM C-STORE listener (no authentication: trusted networks only); 0 = off",
+    ),
+    Setting("ae_title", str, "PACSFHIR", "Our DICOM AE title (1-16 characters)"),
+    Setting(
+        "dimse_host", str, "", "Address the C-STORE listener binds to; empty: the same as host"
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -199,6 +209,9 @@ class Settings:
     ehr_token_url: str = ""
     ehr_scope: str = "system/Patient.rs"
     ehr_refresh_seconds: int = 3600
+    dimse_port: int = 0
+    ae_title: str = "PACSFHIR"
+    dimse_host: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -227,6 +240,10 @@ class Settings:
     @property
     def dicomweb_base_url(self) -> str:
         return self.public_base_url + "/dicom-web"
+
+    @property
+    def dimse_bind_host(self) -> str:
+        return self.dimse_host or self.host
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -277,4 +294,21 @@ def load_settings(
             values[setting.name] = setting.default
     if values["auth"] not in ("none", "introspection", "jwt"):
         raise ConfigurationError(f"auth must be none, introspection or jwt, not {values['auth']!r}")
+    problem = ae_title_problem(values["ae_title"])
+    if problem:
+        raise ConfigurationError(f"ae_title {values['ae_title']!r}: {problem}")
+    if not 0 <= values["dimse_port"] <= 65535:
+        raise ConfigurationError(f"dimse_port must be 0 (off) to 65535, not {values['dimse_port']}")
     return Settings(**values)
+
+
+def ae_title_problem(title: str) -> str | None:
+    """Why ``title`` cannot be a DICOM AE title (PS3.5 AE VR: 1-16 characters of the
+    default repertoire, no backslash or control characters, not only spaces), or None."""
+    if not 1 <= len(title) <= 16:
+        return "must be 1 to 16 characters"
+    if not title.isascii() or any(c == "\\" or not c.isprintable() for c in title):
+        return "must be printable ASCII without a backslash"
+    if not title.strip():
+        return "must not be only spaces"
+    return None
