@@ -3,6 +3,7 @@ set bytes sent as C-STORE requests, each status returned."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -70,8 +71,15 @@ def send_raw(
     request.Priority = 2
     request.DataSet = BytesIO(raw)
     assert context.context_id is not None
-    assoc.dimse.send_msg(request, context.context_id)
-    _, response = assoc.dimse.get_msg(block=True)
+    # as pynetdicom's own send_c_store: the reactor paused, so the answer is ours
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
     if response is None or getattr(response, "Status", None) is None:
         return None
     return int(response.Status)

@@ -12,7 +12,9 @@ Statuses, SOP classes, transfer syntaxes and limits: docs/conformance.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ MAX_ASSOCIATIONS = 16
 # Every transfer syntax pydicom knows: the data set is kept as received, so none needs
 # a codec here (those pydicom cannot read the header of are refused per instance).
 TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 @dataclass
@@ -93,6 +96,8 @@ class StorageListener:
         self.committer.start()
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_OPEN, self._on_opened),
+            (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
@@ -128,6 +133,18 @@ class StorageListener:
         self.stop()
 
     # -- association bookkeeping (one log line each, no PHI) ---------------------------
+
+    def _on_opened(self, event: Event) -> None:
+        _tune(event.assoc, socket.TCP_NODELAY)  # our responses go out at once
+
+    def _on_pdu(self, event: Event) -> None:
+        # A peer that keeps Nagle's algorithm on holds the last piece of each data set
+        # until we acknowledge the previous one, and a delayed ACK then costs ~40 ms an
+        # instance. Quick-ack mode (Linux) is renewed on every PDU received: it takes a
+        # pynetdicom SCU from 20 to ~150 instances/s (measured); dcmtk's storescu, which
+        # splits its PDUs differently, needs TCP_NODELAY=1 in its environment instead.
+        if _QUICKACK is not None:
+            _tune(event.assoc, _QUICKACK)
 
     def _on_accepted(self, event: Event) -> None:
         assoc = event.assoc
@@ -254,3 +271,11 @@ def _status(status: int, comment: str = "") -> Dataset:
 
 def _calling_ae(assoc: Association) -> str:
     return str(assoc.requestor.ae_title or "").strip()
+
+
+def _tune(assoc: Association, option: int) -> None:
+    transport = assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closing meanwhile
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
