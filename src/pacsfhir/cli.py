@@ -280,9 +280,9 @@ def serve(settings: Settings) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["pacsfhir"] = {"handlers": ["default"], "level": "INFO"}
     try:
-        with _listener(archive, settings):
+        with _listener(archive, settings) as listener:
             uvicorn.run(
-                asgi_app,
+                asgi_app if listener is None else _stopping_first(asgi_app, listener.stop),
                 host=settings.host,
                 port=settings.port,
                 log_level="info",
@@ -293,12 +293,35 @@ def serve(settings: Settings) -> None:
         archive.close()
 
 
+def _stopping_first(asgi_app: Any, stop: Callable[[], None]) -> Any:
+    """``asgi_app`` that calls ``stop`` (in a thread) when the server begins to shut down:
+    uvicorn re-raises SIGTERM/SIGINT once it has stopped, so code after uvicorn.run
+    does not run then."""
+    import anyio.to_thread
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await asgi_app(scope, receive, send)
+            return
+
+        async def receive_then_stop() -> Any:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(stop)
+            return message
+
+        await asgi_app(scope, receive_then_stop, send)
+
+    return app
+
+
 @contextmanager
-def _listener(archive: Any, settings: Settings) -> Iterator[None]:
+def _listener(archive: Any, settings: Settings) -> Iterator[Any]:
     """The C-STORE listener in its threads while the block runs, when ``dimse_port`` is
-    set; stopped (open associations ended, queued instances committed) on the way out."""
+    set (None otherwise); stopped (open associations ended, queued instances committed)
+    on the way out."""
     if not settings.dimse_port:
-        yield
+        yield None
         return
     from pacsfhir.dimse.listener import StorageListener
 
@@ -317,7 +340,7 @@ def _listener(archive: Any, settings: Settings) -> Iterator[None]:
         f"{settings.dimse_bind_host}:{listener.port} (no authentication: trusted networks only)"
     )
     try:
-        yield
+        yield listener
     finally:
         listener.stop()
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -26,8 +27,11 @@ from sqlalchemy import select
 from pacsfhir.archive import Archive
 from pacsfhir.consistency import check
 from pacsfhir.dicom.ingest import ingest
-from pacsfhir.dimse.listener import CANNOT_UNDERSTAND, SUCCESS, StorageListener
+from pacsfhir.dimse.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, StorageListener
+from pacsfhir.errors import ConfigurationError
+from pacsfhir.index import writer
 from pacsfhir.index.schema import instance
+from pacsfhir.settings import load_settings
 from tests.conftest import PYDICOM_DATA, free_port, make_settings, skip_or_fail
 from tests.support.dcmtk import dcmtk_problem, echoscu, storescu
 from tests.support.dicom_factory import load_template, write_variant
@@ -272,6 +276,19 @@ def test_instances_reported_stored_survive_kill_9_of_pacsfhir_listen(
         restarted.close()
 
 
+def _wait_http(process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "pacsfhir serve exited"
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("pacsfhir serve did not start")
+
+
 def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
     from pynetdicom import AE
 
@@ -286,3 +303,65 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("pacsfhir listen did not start")
+
+
+@pytest.mark.parametrize(
+    ("title", "problem"),
+    [("", "1 to 16"), ("A" * 17, "1 to 16"), ("A\\B", "backslash"), ("   ", "only spaces")],
+)
+def test_a_bad_ae_title_stops_the_start(title: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        load_settings({}, {"PACSFHIR_AE_TITLE": title})
+
+
+def test_serve_with_a_dimse_port_runs_the_listener_and_stops_it_cleanly(
+    archive: Archive, tmp_path: Path
+) -> None:
+    port, http_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PACSFHIR_")},
+        "PACSFHIR_DATA": archive.settings.data,
+        "PACSFHIR_DATABASE_URL": archive.settings.index_url,
+    }
+    args = ["serve", "--port", str(http_port), "--dimse-port", str(port), "--ae-title", AE_TITLE]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacsfhir", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _wait_listening(process, port)
+        _wait_http(process, f"http://127.0.0.1:{http_port}/fhir/metadata")
+        good = load_template()
+        good.SOPInstanceUID = pydicom.uid.generate_uid()
+        with associated(port, AE_TITLE) as assoc:
+            assert send_dataset(assoc, good) == SUCCESS
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+        # uvicorn stops gracefully, then re-raises the SIGTERM it caught
+        assert process.returncode in (0, -signal.SIGTERM), errors
+        assert b"C-STORE listener stopped" in errors
+        assert b"association from AE 'PYSCU'" in errors
+        assert b"1 stored" in errors
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    assert set(stored(archive)) == {good.SOPInstanceUID}
+
+
+def test_an_index_busy_past_the_lock_wait_is_out_of_resources_then_stored(
+    listener: StorageListener, archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "WRITE_LOCK_WAIT_MS", 300)
+    ds = load_template()
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    with associated(listener.port, AE_TITLE) as assoc:
+        with archive.engine.begin() as conn:  # another writer holds the lock
+            writer.lock_index(conn)
+            assert send_dataset(assoc, ds) == OUT_OF_RESOURCES
+        assert send_dataset(assoc, ds) == SUCCESS  # the same instance, sent again
+    assert set(stored(archive)) == {ds.SOPInstanceUID}
+    assert_consistent(archive)

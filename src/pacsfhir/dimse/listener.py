@@ -13,10 +13,12 @@ Statuses, SOP classes, transfer syntaxes and limits: docs/conformance.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -32,6 +34,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import Outcome, Result
 from pacsfhir.dicom.prepare import Rejected, prepare_staged
+from pacsfhir.dicom.storage import BlobStore, StagedFile
 from pacsfhir.dimse.group_commit import BatchFailed, GroupCommit
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources (PS3.4 B.2.3)
 CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand
 MAX_ASSOCIATIONS = 16
+MAX_PDU = 256 * 1024  # the largest P-DATA PDU we ask peers to send (0 would be unbounded)
+STOP_GRACE_SECONDS = 5.0
 # Every transfer syntax pydicom knows: the data set is kept as received, so none needs
 # a codec here (those pydicom cannot read the header of are refused per instance).
 TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
@@ -80,7 +85,7 @@ class StorageListener:
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = True
         self._ae.maximum_associations = max_associations
-        self._ae.maximum_pdu_size = 0  # no limit on what we receive in one P-DATA
+        self._ae.maximum_pdu_size = MAX_PDU
         self._ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
@@ -113,13 +118,20 @@ class StorageListener:
         log.info("C-STORE listener: AE %s on %s:%d", self.ae_title, self.host, self.port)
         return self
 
-    def stop(self) -> None:
-        """Stop taking associations, let those open end, then the committer."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop taking associations, give those open ``grace`` seconds to end, abort the
+        rest (an instance already queued is still committed, unanswered), then stop the
+        committer once it has committed what is queued."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server = None
+        deadline = time.monotonic() + grace
+        while self._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._ae.shutdown()
         self.committer.close()
+        log.info("C-STORE listener stopped")
 
     def __enter__(self) -> StorageListener:
         return self.start()
@@ -216,11 +228,7 @@ class StorageListener:
     def _commit(self, event: Event, content: bytes, expected: str, alone: bool) -> Result:
         blobs = self.archive.blobs
         source = f"C-STORE from {_calling_ae(event.assoc)}"
-        try:
-            staged = blobs.stage_chunks(iter((content,)))
-        except OSError as exc:
-            log.error("C-STORE refused, cannot stage (out of storage?): %s", exc.strerror)
-            raise _Refused(OUT_OF_RESOURCES, "out of storage") from exc
+        staged = _stage(blobs, content)
         try:
             prepared = prepare_staged(source, staged, blobs, content)
         except Exception as exc:
@@ -228,7 +236,7 @@ class StorageListener:
             log.warning("C-STORE refused, cannot read the data set: %s", type(exc).__name__)
             raise _Refused(CANNOT_UNDERSTAND, "cannot read the data set") from exc
         if isinstance(prepared, Rejected):
-            raise _Refused(CANNOT_UNDERSTAND, f"{prepared.reason}: {prepared.detail}"[:1024])
+            raise _Refused(CANNOT_UNDERSTAND, prepared.reason)  # the detail may quote values
         if expected and prepared.attributes.sop_uid != expected:
             blobs.discard(staged.path)
             raise _Refused(
@@ -253,6 +261,22 @@ class StorageListener:
         except RuntimeError as exc:  # the listener is stopping
             blobs.discard(staged.path)
             raise _Refused(OUT_OF_RESOURCES, "shutting down") from exc
+        except Exception as exc:  # commit_batch has removed what it staged and placed
+            log.error("C-STORE refused, cannot be stored: %s", type(exc).__name__)
+            raise _Refused(CANNOT_UNDERSTAND, "cannot be stored") from exc
+
+
+def _stage(blobs: BlobStore, content: bytes) -> StagedFile:
+    """Write a received instance into staging; on failure nothing stays there."""
+    target = blobs.incoming / f"{uuid.uuid4().hex}.part"
+    try:
+        with open(target, "wb") as out:
+            out.write(content)
+    except OSError as exc:
+        blobs.discard(str(target))
+        log.error("C-STORE refused, cannot stage (out of storage?): %s", exc.strerror or exc)
+        raise _Refused(OUT_OF_RESOURCES, "out of storage") from exc
+    return StagedFile(str(target), hashlib.sha256(content).hexdigest(), len(content))
 
 
 class _Refused(Exception):
