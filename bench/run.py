@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import auth as auth_mod
 from bench import corpus as corpus_mod
+from bench import cstore as cstore_mod
 from bench import dicomweb as dicomweb_mod
 from bench import hostile as hostile_mod
 from bench import ingest as ingest_mod
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["ingest", "search", "dicomweb", "hostile", "auth"],
+        choices=["ingest", "search", "dicomweb", "hostile", "auth", "cstore"],
         help="run one part only",
     )
     parser.add_argument(
@@ -98,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="1,4",
         help="comma-separated numbers of concurrent POST /instances clients, one Orthanc "
         "run (fresh storage) for each",
+    )
+    parser.add_argument(
+        "--cstore-associations",
+        type=_int_list,
+        default="1,4",
+        help="cstore: comma-separated numbers of storescu associations sending at once",
     )
     parser.add_argument(
         "--repeat",
@@ -359,6 +366,8 @@ def report(results: dict[str, Any]) -> str:
         parts.append(hostile_mod.report(results["hostile"]))
     if results.get("auth"):
         parts.append(auth_mod.report(results["auth"]))
+    if results.get("cstore"):
+        parts.append(cstore_mod.report(results["cstore"]))
     parts.append(targets_text(results))
     return "\n\n".join(parts)
 
@@ -670,10 +679,22 @@ def main(argv: list[str] | None = None) -> int:
             results["hostile"] = hostile_mod.run(workdir, load_s=args.hostile_load)
         if args.only in (None, "auth"):
             results["auth"] = auth_mod.run(workdir)
+        if args.only in (None, "cstore"):
+            results["cstore"] = cstore_mod.run(
+                ingest_studies=args.ingest_studies,
+                parallel=args.cstore_associations,
+                with_orthanc=not args.no_orthanc,
+                repeat=args.repeat,
+                workdir=workdir,
+                backends=usable,
+                pg_url=args.postgres_url,
+            )
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = evaluate(results)
     if "hostile" in results:
         results["targets"] += hostile_mod.targets_met(results["hostile"])
+    if "cstore" in results:
+        results["targets"] += cstore_mod.targets(results["cstore"])
     output = args.output or RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""The commands: ingest, check, check-upstream, serve, demo. Each builds Settings and
-calls the rest."""
+"""The commands: ingest, check, check-upstream, serve, listen, demo. Each builds Settings
+and calls the rest."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ HostOpt = Annotated[str | None, typer.Option("--host", help="Bind address (PACSF
 PortOpt = Annotated[int | None, typer.Option("--port", help="Port (PACSFHIR_PORT)")]
 BaseUrlOpt = Annotated[
     str | None, typer.Option("--base-url", help="Public base URL (PACSFHIR_BASE_URL)")
+]
+DimsePortOpt = Annotated[
+    int | None,
+    typer.Option("--dimse-port", help="C-STORE listener port, 0 = off (PACSFHIR_DIMSE_PORT)"),
+]
+AeTitleOpt = Annotated[
+    str | None, typer.Option("--ae-title", help="Our DICOM AE title (PACSFHIR_AE_TITLE)")
+]
+DimseHostOpt = Annotated[
+    str | None,
+    typer.Option("--dimse-host", help="C-STORE listener bind address (PACSFHIR_DIMSE_HOST)"),
 ]
 
 
@@ -281,10 +292,13 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from pacsfhir.api.app import create_app
+    from pacsfhir.archive import Archive
 
+    archive = Archive.open(settings)
     try:  # create_app refuses what must not start (an unimplemented auth, no auth off loopback)
-        asgi_app = create_app(settings)
+        asgi_app = create_app(settings, archive)
     except ConfigurationError as exc:
+        archive.close()
         console.print(f"[red]refusing to start:[/red] {exc.message}")
         raise typer.Exit(2) from exc
     if settings.auth == "none":
@@ -296,14 +310,70 @@ def serve(settings: Settings) -> None:
     # "pacsfhir.access", route templates only) take their place, through uvicorn's handler.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["pacsfhir"] = {"handlers": ["default"], "level": "INFO"}
-    uvicorn.run(
-        asgi_app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        log_config=log_config,
-        access_log=False,
+    try:
+        with _listener(archive, settings) as listener:
+            uvicorn.run(
+                asgi_app if listener is None else _stopping_first(asgi_app, listener.stop),
+                host=settings.host,
+                port=settings.port,
+                log_level="info",
+                log_config=log_config,
+                access_log=False,
+            )
+    finally:
+        archive.close()
+
+
+def _stopping_first(asgi_app: Any, stop: Callable[[], None]) -> Any:
+    """``asgi_app`` that calls ``stop`` (in a thread) when the server begins to shut down:
+    uvicorn re-raises SIGTERM/SIGINT once it has stopped, so code after uvicorn.run
+    does not run then."""
+    import anyio.to_thread
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await asgi_app(scope, receive, send)
+            return
+
+        async def receive_then_stop() -> Any:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(stop)
+            return message
+
+        await asgi_app(scope, receive_then_stop, send)
+
+    return app
+
+
+@contextmanager
+def _listener(archive: Any, settings: Settings) -> Iterator[Any]:
+    """The C-STORE listener in its threads while the block runs, when ``dimse_port`` is
+    set (None otherwise); stopped (open associations ended, queued instances committed)
+    on the way out."""
+    if not settings.dimse_port:
+        yield None
+        return
+    from pacsfhir.dimse.listener import StorageListener
+
+    listener = StorageListener(
+        archive, settings.dimse_bind_host, settings.dimse_port, settings.ae_title
     )
+    try:
+        listener.start()
+    except OSError as exc:
+        console.print(
+            f"[red]cannot listen on {settings.dimse_bind_host}:{settings.dimse_port}:[/red] {exc}"
+        )
+        raise typer.Exit(2) from exc
+    console.print(
+        f"C-STORE listener: AE {settings.ae_title} on "
+        f"{settings.dimse_bind_host}:{listener.port} (no authentication: trusted networks only)"
+    )
+    try:
+        yield listener
+    finally:
+        listener.stop()
 
 
 @app.command("serve")
@@ -314,8 +384,11 @@ def serve_command(
     host: HostOpt = None,
     port: PortOpt = None,
     base_url: BaseUrlOpt = None,
+    dimse_port: DimsePortOpt = None,
+    ae_title: AeTitleOpt = None,
+    dimse_host: DimseHostOpt = None,
 ) -> None:
-    """Serve FHIR R4 over the archive."""
+    """Serve FHIR R4 over the archive (and the C-STORE listener when --dimse-port is set)."""
     serve(
         _settings(
             data=data,
@@ -324,8 +397,52 @@ def serve_command(
             host=host,
             port=port,
             base_url=base_url,
+            dimse_port=dimse_port,
+            ae_title=ae_title,
+            dimse_host=dimse_host,
         )
     )
+
+
+@app.command("listen")
+def listen_command(
+    data: DataOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+    dimse_port: DimsePortOpt = None,
+    ae_title: AeTitleOpt = None,
+    dimse_host: DimseHostOpt = None,
+) -> None:
+    """Run the C-STORE listener alone (a Storage SCP for modalities; no HTTP API) until
+    SIGINT or SIGTERM. DIMSE has no authentication: bind it to a trusted network."""
+    import logging
+    import signal
+    import threading
+
+    from pacsfhir.archive import Archive
+
+    settings = _settings(
+        data=data,
+        database_url=database_url,
+        config=config,
+        dimse_port=dimse_port,
+        ae_title=ae_title,
+        dimse_host=dimse_host,
+    )
+    if not settings.dimse_port:
+        console.print("[red]no port:[/red] give --dimse-port (PACSFHIR_DIMSE_PORT)")
+        raise typer.Exit(2)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pacsfhir").setLevel(logging.INFO)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    archive = Archive.open(settings)
+    try:
+        with _listener(archive, settings):
+            stopping.wait()
+    finally:
+        archive.close()
 
 
 def sample_files() -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pacsfhir.errors import ConfigurationError
 from pacsfhir.upstream.config import Upstream, parse_upstream, parse_upstream_tables
+from pacsfhir.vocabulary.ae import ae_title_problem
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,16 @@ SETTINGS: tuple[Setting, ...] = (
         "refuse",
         "A search naming no patient or study, with an upstream: refuse (400) or local",
     ),
+    Setting(
+        "dimse_port",
+        int,
+        0,
+        "Port of the DICOM C-STORE listener (no authentication: trusted networks only); 0 = off",
+    ),
+    Setting("ae_title", str, "PACSFHIR", "Our DICOM AE title (1-16 characters)"),
+    Setting(
+        "dimse_host", str, "", "Address the C-STORE listener binds to; empty: the same as host"
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -240,6 +251,9 @@ class Settings:
     upstream_cache_seconds: int = 300
     upstream_wait_seconds: float = 2.0
     upstream_open_searches: str = "refuse"
+    dimse_port: int = 0
+    ae_title: str = "PACSFHIR"
+    dimse_host: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -283,11 +297,11 @@ class Settings:
                 raise ConfigurationError(f"upstream: not a JSON array of tables: {exc}") from exc
             if not isinstance(tables, list):
                 raise ConfigurationError("upstream: not a JSON array of tables")
-            return parse_upstream_tables(tables, self.ae_title_for_upstreams)
+            return parse_upstream_tables(tables, self.ae_title)
         return (
             parse_upstream(
                 text,
-                our_ae_title=self.ae_title_for_upstreams,
+                our_ae_title=self.ae_title,
                 auth=self.upstream_auth,
                 username=self.upstream_username,
                 password=self.upstream_password,
@@ -298,9 +312,8 @@ class Settings:
         )
 
     @property
-    def ae_title_for_upstreams(self) -> str:
-        """Our AE title as a calling AE (the listener's, once it has one)."""
-        return str(getattr(self, "ae_title", "PACSFHIR"))
+    def dimse_bind_host(self) -> str:
+        return self.dimse_host or self.host
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -355,6 +368,11 @@ def load_settings(
         raise ConfigurationError(f"auth must be none, introspection or jwt, not {values['auth']!r}")
     if values["upstream_open_searches"] not in ("refuse", "local"):
         raise ConfigurationError("upstream_open_searches must be refuse or local")
+    problem = ae_title_problem(values["ae_title"])
+    if problem:
+        raise ConfigurationError(f"ae_title {values['ae_title']!r}: {problem}")
+    if not 0 <= values["dimse_port"] <= 65535:
+        raise ConfigurationError(f"dimse_port must be 0 (off) to 65535, not {values['dimse_port']}")
     settings = Settings(**values)
     settings.upstreams  # noqa: B018 (checked at start: a wrong upstream stops it here)
     return settings

@@ -87,7 +87,8 @@ def test_a_wrong_called_ae_is_reported(qrscp: Dcmqrscp) -> None:
     assert list(found) == ["C-ECHO"]  # nothing else is tried
     ok, detail = found["C-ECHO"]
     assert ok is False
-    assert "rejected" in detail
+    # dcmqrscp rejects it (a forked child answers; under load the peer may abort instead)
+    assert "rejected" in detail or "aborted" in detail, detail
 
 
 def test_nobody_listening_is_reported_quickly() -> None:

@@ -15,13 +15,13 @@ Anything wrong is a ``ConfigurationError`` naming the upstream and the field, at
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pacsfhir.errors import ConfigurationError
+from pacsfhir.vocabulary.ae import ae_title_problem
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_CACHE_SECONDS = 300
@@ -30,18 +30,14 @@ RETRIEVE_METHODS = ("c-get", "c-move")
 TABLE_KEYS = frozenset(
     {"name", "url", "auth", "username", "password", "token", "timeout", "cache_seconds"}
 )
-# PS3.5 6.2 (AE): 1-16 characters of the default repertoire, no backslash or control
-# character, not only spaces (leading and trailing spaces are not significant).
-_AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 
 
 def check_ae_title(title: str, what: str) -> str:
-    """``title`` stripped, or ConfigurationError (PS3.5 AE value representation)."""
-    if not _AE_TITLE.fullmatch(title) or not title.strip():
-        raise ConfigurationError(
-            f"{what}: {title!r} is not an AE title (1-16 printable ASCII characters, "
-            "no backslash, not only spaces)"
-        )
+    """``title`` stripped (leading and trailing spaces are not significant), or
+    ConfigurationError (``vocabulary.ae``)."""
+    problem = ae_title_problem(title)
+    if problem:
+        raise ConfigurationError(f"{what}: {title!r} is not an AE title ({problem})")
     return title.strip()
 
 
