@@ -120,13 +120,6 @@ class ServiceUnavailable(PacsFhirError):
         self.retry_after = retry_after
 
 
-class NotImplementedYet(PacsFhirError):
-    """501: a capability this server does not have yet (said in the message)."""
-
-    status = 501
-    issue_code = "not-supported"
-
-
 class BadGateway(PacsFhirError):
     """502: an upstream PACS is down, refused us, or answered a failure."""
 

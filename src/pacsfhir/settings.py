@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pacsfhir.errors import ConfigurationError
-from pacsfhir.upstream.config import Upstream, parse_upstream, parse_upstream_tables
+from pacsfhir.upstream.config import (
+    DimseUpstream,
+    Upstream,
+    parse_upstream,
+    parse_upstream_tables,
+)
 from pacsfhir.vocabulary.ae import ae_title_problem
 
 
@@ -374,5 +379,14 @@ def load_settings(
     if not 0 <= values["dimse_port"] <= 65535:
         raise ConfigurationError(f"dimse_port must be 0 (off) to 65535, not {values['dimse_port']}")
     settings = Settings(**values)
-    settings.upstreams  # noqa: B018 (checked at start: a wrong upstream stops it here)
+    moving = [
+        u.name
+        for u in settings.upstreams
+        if isinstance(u, DimseUpstream) and u.retrieve == "c-move"
+    ]
+    if moving and not settings.dimse_port:
+        raise ConfigurationError(
+            f"upstream {moving[0]!r} retrieves by C-MOVE, whose destination is pacsfhir's "
+            "C-STORE listener: set dimse_port (PACSFHIR_DIMSE_PORT)"
+        )
     return settings

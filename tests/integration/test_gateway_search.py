@@ -24,7 +24,10 @@ from sqlalchemy import func, select
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
+from pacsfhir.dimse.listener import StorageListener
+from pacsfhir.errors import ConfigurationError
 from pacsfhir.index.schema import instance, job, study
+from pacsfhir.settings import load_settings
 from tests.conftest import free_port, make_settings, skip_or_fail
 from tests.support.authserver import AuthServer
 from tests.support.dicom_factory import load_template, write_study
@@ -41,6 +44,7 @@ class World:
     orthanc: Orthanc
     reference: TestClient  # pacsfhir holding the same files itself
     dimse_url: str
+    move_port: int  # where Orthanc sends a C-MOVE to AE PACSFHIR
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +71,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             files += paths
     reference_archive = Archive.open(make_settings(tmp / "ref", f"sqlite:///{tmp / 'ref.db'}"))
     ingest([str(p) for p in files], reference_archive.engine, reference_archive.blobs, workers=1)
-    known = {"PACSFHIR": ("127.0.0.1", free_port())}
+    move_port = free_port()
+    known = {"PACSFHIR": ("127.0.0.1", move_port)}
     with (
         Orthanc(tmp / "orthanc", free_port(), free_port(), modalities=known) as orthanc,
         TestClient(create_app(reference_archive.settings, reference_archive)) as reference,
     ):
         assert orthanc.store(files) == len(files)
         dimse = f"dimse://ORTHANCTEST@127.0.0.1:{orthanc.dicom_port}"
-        yield World(tmp, orthanc, reference, dimse)
+        yield World(tmp, orthanc, reference, dimse, move_port)
     reference_archive.close()
 
 
@@ -223,6 +228,31 @@ def test_a_study_held_upstream_is_retrieved_then_served(
     assert _remote(archive) == 4  # the patient's other study is still only upstream
     again = client.get(f"/dicom-web/studies/{study}", headers={"Accept": DICOM_ANY})
     assert sorted(_datasets(again)) == sorted(_datasets(expected))  # now from the archive
+
+
+def test_c_move_retrieves_through_the_listener(world: World, tmp_path: Path) -> None:
+    """retrieve=c-move: Orthanc sends the study to pacsfhir's C-STORE listener (AE
+    PACSFHIR, which Orthanc knows), which stores it; the retrieve then serves it."""
+    url = f"{world.dimse_url}?retrieve=c-move"
+    for client, archive in _gateway(
+        tmp_path, url, upstream_wait_seconds=30.0, dimse_port=world.move_port
+    ):
+        with StorageListener(archive, "127.0.0.1", world.move_port, "PACSFHIR"):
+            found = client.get("/dicom-web/studies?PatientID=GW-2").json()
+            study_uid = found[0]["0020000D"]["Value"][0]
+            answer = client.get(f"/dicom-web/studies/{study_uid}", headers={"Accept": DICOM_ANY})
+            assert answer.status_code == 200, answer.text
+            expected = world.reference.get(
+                f"/dicom-web/studies/{study_uid}", headers={"Accept": DICOM_ANY}
+            )
+            got, want = _datasets(answer), _datasets(expected)
+            assert got == want, _first_difference(got, want)
+            assert _remote(archive) == 0
+
+
+def test_c_move_without_a_listener_stops_the_start(world: World) -> None:
+    with pytest.raises(ConfigurationError, match="dimse_port"):
+        load_settings({}, {"PACSFHIR_UPSTREAM": f"{world.dimse_url}?retrieve=c-move"})
 
 
 def _remote(archive: Archive) -> int:

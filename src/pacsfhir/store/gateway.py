@@ -15,8 +15,9 @@ search is served from the index; a changed upstream is seen once it expires), an
 request that waits longer than ``upstream_wait_seconds`` is 503 + Retry-After. Stored
 copies are served first. A WADO-RS request for instances known only from an upstream's
 answer retrieves their study into the archive first (a job: WADO-RS from a DICOMweb
-upstream streamed into staging, or C-GET from a DIMSE one, through the ingest path;
-C-MOVE is not built yet), then serves it as any stored study.
+upstream streamed into staging, or C-GET from a DIMSE one, through the ingest path; or
+C-MOVE to pacsfhir's C-STORE listener, which stores through the same path), then serves
+it as any stored study.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from pacsfhir.errors import (
     BadGateway,
     BadRequest,
     GatewayTimeout,
-    NotImplementedYet,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
@@ -50,7 +50,7 @@ from pacsfhir.store.base import (
     StudyPage,
 )
 from pacsfhir.store.local import LocalStore
-from pacsfhir.upstream.config import DicomwebUpstream, DimseUpstream, Upstream
+from pacsfhir.upstream.config import DicomwebUpstream, Upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
 from pacsfhir.upstream.dimse import DimseUpstreamClient
 from pacsfhir.upstream.errors import UpstreamError
@@ -145,6 +145,10 @@ class GatewayStore(LocalStore):
         client = self.clients[name]
         if isinstance(client, DicomwebUpstreamClient):
             parts = self._wado_parts(client, study_uid)
+        elif client.upstream.retrieve == "c-move":
+            # the upstream sends the study to our C-STORE listener, which stores it through
+            # the ingest path before it answers each C-STORE: done when the C-MOVE is
+            return {"stored": client.move_study(study_uid, self.archive.settings.ae_title)}
         else:
             parts = self._c_get_parts(client, study_uid)
         outcome = LocalStore.store(self, parts, study_uid, Scope())
@@ -186,12 +190,6 @@ class GatewayStore(LocalStore):
                 raise BadGateway(
                     f"instances of study {study_uid} are held by {name!r}, an "
                     "upstream no longer configured"
-                )
-            upstream = self.upstreams[name]
-            if isinstance(upstream, DimseUpstream) and upstream.retrieve == "c-move":
-                raise NotImplementedYet(
-                    f"study {study_uid} is held by {name!r}, whose retrieve method is "
-                    "C-MOVE: not built yet (C-GET is)"
                 )
             key = f"{RETRIEVE}:{name}:{study_uid}"
             payload = {"upstream": name, "study": study_uid, "cache_seconds": 0}

@@ -37,6 +37,7 @@ from pacsfhir.upstream.query import UNIQUE_KEYS, cfind_identifiers
 log = logging.getLogger(__name__)
 FIND = StudyRootQueryRetrieveInformationModelFind
 GET = StudyRootQueryRetrieveInformationModelGet
+MOVE = StudyRootQueryRetrieveInformationModelMove
 # What a C-GET may send back: 120 storage SOP classes (with the C-GET context, under the
 # 128 presentation contexts an association may propose).
 STORAGE_CLASSES = [str(c.abstract_syntax) for c in StoragePresentationContexts if c.abstract_syntax]
@@ -133,6 +134,37 @@ class DimseUpstreamClient:
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid
         return self._get(identifier, keep, f"study {study_uid}")
+
+    def move_study(self, study_uid: str, destination_ae: str) -> int:
+        """C-MOVE a whole study to ``destination_ae`` (our C-STORE listener, which the SCP
+        must know by that AE title): the number of instances it reports moved.
+        UpstreamError when it refuses, stops, or reports sub-operations that failed."""
+        u = self.upstream
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        started = time.monotonic()
+        with self.association([MOVE]) as assoc:
+            final: Dataset | None = None
+            for status, _identifier in assoc.send_c_move(identifier, destination_ae, MOVE):
+                if not status:
+                    raise self._lost(assoc, "C-MOVE", time.monotonic() - started)
+                if int(status.Status) not in _PENDING:
+                    final = status
+        assert final is not None
+        code = int(final.Status)
+        failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
+        if code == 0xA801:
+            raise UpstreamError(
+                f"{u.name}: C-MOVE refused: it does not know the destination {destination_ae!r}"
+                " (add pacsfhir's AE title, host and listener port to the PACS)"
+            )
+        if code not in (0x0000, 0xB000) or failed:
+            raise UpstreamError(
+                f"{u.name}: C-MOVE of study {study_uid} ended with status 0x{code:04X}, "
+                f"{failed} instance(s) failed"
+            )
+        return int(final.get("NumberOfCompletedSuboperations", 0) or 0)
 
     def header(self, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]:
         """One instance's attributes as DICOM JSON, bulk data left out (by C-GET of the
