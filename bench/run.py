@@ -21,6 +21,7 @@ from typing import Any
 from bench import auth as auth_mod
 from bench import corpus as corpus_mod
 from bench import cstore as cstore_mod
+from bench import gateway as gateway_mod
 from bench import dicomweb as dicomweb_mod
 from bench import hostile as hostile_mod
 from bench import ingest as ingest_mod
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["ingest", "search", "dicomweb", "hostile", "auth", "cstore"],
+        choices=["ingest", "search", "dicomweb", "hostile", "auth", "cstore", "gateway"],
         help="run one part only",
     )
     parser.add_argument(
@@ -105,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_int_list,
         default="1,4",
         help="cstore: comma-separated numbers of storescu associations sending at once",
+    )
+    parser.add_argument(
+        "--gateway-mb",
+        type=int,
+        default=200,
+        help="gateway: size in MB of the study retrieved through the gateway",
     )
     parser.add_argument(
         "--repeat",
@@ -368,6 +375,8 @@ def report(results: dict[str, Any]) -> str:
         parts.append(auth_mod.report(results["auth"]))
     if results.get("cstore"):
         parts.append(cstore_mod.report(results["cstore"]))
+    if results.get("gateway"):
+        parts.append(gateway_mod.report(results["gateway"]))
     parts.append(targets_text(results))
     return "\n\n".join(parts)
 
@@ -689,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
                 backends=usable,
                 pg_url=args.postgres_url,
             )
+        if args.only in (None, "gateway") and not args.no_orthanc:
+            results["gateway"] = gateway_mod.run(workdir, big_mb=args.gateway_mb)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = evaluate(results)
     if "hostile" in results:
