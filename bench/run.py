@@ -21,8 +21,8 @@ from typing import Any
 from bench import auth as auth_mod
 from bench import corpus as corpus_mod
 from bench import cstore as cstore_mod
-from bench import gateway as gateway_mod
 from bench import dicomweb as dicomweb_mod
+from bench import gateway as gateway_mod
 from bench import hostile as hostile_mod
 from bench import ingest as ingest_mod
 from bench import search as search_mod
