@@ -23,6 +23,7 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from pacsfhir.settings import Settings
 from tests.support.authserver import AuthServer
+from tests.support.dcmqrscp import Dcmqrscp, dcmtk_problem
 from tests.support.orthanc import Orthanc, orthanc_problem
 
 IN_CI = os.environ.get("CI") == "true"
@@ -187,6 +188,17 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     if problem:
         skip_or_fail(problem)
     with Orthanc(tmp_path_factory.mktemp("orthanc"), free_port(), free_port()) as server:
+        yield server
+
+
+@pytest.fixture
+def qrscp(tmp_path: Path) -> Iterator[Dcmqrscp]:
+    """A real, empty dcmtk dcmqrscp for one test: load it with ``.store(paths)``, kill it
+    with ``.kill()``."""
+    problem = dcmtk_problem()
+    if problem:
+        skip_or_fail(problem)
+    with Dcmqrscp(tmp_path / "qrscp", free_port()) as server:
         yield server
 
 

@@ -16,24 +16,20 @@ from sqlalchemy import func, select
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.index.schema import instance
-from tests.conftest import free_port, make_settings, skip_or_fail
-from tests.support.dcmqrscp import Dcmqrscp, dcmtk_problem
+from tests.conftest import make_settings
+from tests.support.dcmqrscp import Dcmqrscp
 from tests.support.dicom_factory import load_template, write_study
 
 
 @pytest.fixture
-def qrscp(tmp_path: Path) -> Iterator[Dcmqrscp]:
-    problem = dcmtk_problem()
-    if problem:
-        skip_or_fail(problem)
-    with Dcmqrscp(tmp_path / "qrscp", free_port()) as server:
-        files: list[Path] = []
-        for _ in range(8):
-            files += write_study(
-                load_template(), tmp_path / "dicom", series=4, instances=2, PatientID="DIES-1"
-            )[1]
-        server.store(files)
-        yield server
+def loaded(qrscp: Dcmqrscp, tmp_path: Path) -> Dcmqrscp:
+    files: list[Path] = []
+    for _ in range(8):
+        files += write_study(
+            load_template(), tmp_path / "dicom", series=4, instances=2, PatientID="DIES-1"
+        )[1]
+    qrscp.store(files)
+    return qrscp
 
 
 def _client(tmp_path: Path, qrscp: Dcmqrscp) -> Iterator[tuple[TestClient, Archive]]:
@@ -57,9 +53,9 @@ def _landed(archive: Archive) -> int:
         return int(conn.execute(select(func.count()).select_from(instance)).scalar_one())
 
 
-def test_an_upstream_dead_before_the_search(qrscp: Dcmqrscp, tmp_path: Path) -> None:
-    qrscp.kill()
-    for client, archive in _client(tmp_path, qrscp):
+def test_an_upstream_dead_before_the_search(loaded: Dcmqrscp, tmp_path: Path) -> None:
+    loaded.kill()
+    for client, archive in _client(tmp_path, loaded):
         answer = client.get("/fhir/ImagingStudy?patient.identifier=DIES-1")
         assert answer.status_code == 502
         assert answer.json()["resourceType"] == "OperationOutcome"
@@ -67,9 +63,9 @@ def test_an_upstream_dead_before_the_search(qrscp: Dcmqrscp, tmp_path: Path) -> 
         assert client.get("/fhir/metadata").status_code == 200
 
 
-def test_an_upstream_dying_during_the_search(qrscp: Dcmqrscp, tmp_path: Path) -> None:
-    for client, archive in _client(tmp_path, qrscp):
-        killer = threading.Timer(0.3, qrscp.kill)  # the search asks 32 series, one by one
+def test_an_upstream_dying_during_the_search(loaded: Dcmqrscp, tmp_path: Path) -> None:
+    for client, archive in _client(tmp_path, loaded):
+        killer = threading.Timer(0.3, loaded.kill)  # the search asks 32 series, one by one
         killer.start()
         try:
             answer = client.get("/fhir/ImagingStudy?patient.identifier=DIES-1")

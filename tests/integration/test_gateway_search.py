@@ -6,8 +6,6 @@ served from the index until the cache time runs out; a dead upstream is 502."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import io
 import time
@@ -26,11 +24,12 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from pacsfhir.dimse.listener import StorageListener
 from pacsfhir.errors import ConfigurationError
-from pacsfhir.index.schema import instance, job, study
+from pacsfhir.index.schema import instance, job, series, study
 from pacsfhir.settings import load_settings
 from tests.conftest import free_port, make_settings, skip_or_fail
 from tests.support.authserver import AuthServer
 from tests.support.dicom_factory import load_template, write_study
+from tests.support.mime import body_parts
 from tests.support.orthanc import Orthanc, orthanc_problem
 from tests.support.secured import bearer
 
@@ -247,7 +246,13 @@ def test_c_move_retrieves_through_the_listener(world: World, tmp_path: Path) -> 
             )
             got, want = _datasets(answer), _datasets(expected)
             assert got == want, _first_difference(got, want)
-            assert _remote(archive) == 0
+            with archive.engine.connect() as conn:
+                left = conn.execute(
+                    select(func.count())
+                    .select_from(instance.join(series).join(study))
+                    .where(study.c.StudyInstanceUID == study_uid, instance.c.blob == "")
+                ).scalar_one()
+            assert left == 0  # every instance of the study is stored here now
 
 
 def test_c_move_without_a_listener_stops_the_start(world: World) -> None:
@@ -282,14 +287,7 @@ def _datasets(response: Any) -> dict[str, dict[int, Any]]:
 
 
 def _parts(response: Any) -> list[bytes]:
-    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
-    message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
-    found = []
-    for part in message.iter_parts():
-        data = part.get_payload(decode=True)
-        assert isinstance(data, bytes)
-        found.append(data)
-    return found
+    return body_parts(response.headers["content-type"], response.content)
 
 
 def _part_hashes(response: Any) -> list[str]:

@@ -5,8 +5,6 @@ as whole."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import io
 import os
@@ -23,8 +21,9 @@ from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
 from pacsfhir.upstream.dimse import DimseUpstreamClient
 from pacsfhir.upstream.errors import UpstreamError
 from tests.conftest import free_port, skip_or_fail
-from tests.support.dcmqrscp import Dcmqrscp, dcmtk_problem
+from tests.support.dcmqrscp import Dcmqrscp
 from tests.support.dicom_factory import load_template, write_study, write_variant
+from tests.support.mime import body_parts
 from tests.support.orthanc import Orthanc, orthanc_problem
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -39,17 +38,6 @@ def orthanc_with(tmp_path: Path) -> Iterator[Orthanc]:
         yield server
 
 
-def _parts(content_type: str, body: bytes) -> list[bytes]:
-    head = f"Content-Type: {content_type}\r\n\r\n".encode()
-    message = email.message_from_bytes(head + body, policy=email.policy.HTTP)
-    found = []
-    for part in message.iter_parts():
-        data = part.get_payload(decode=True)
-        assert isinstance(data, bytes)
-        found.append(data)
-    return found
-
-
 def test_a_study_streams_through_byte_for_byte(orthanc_with: Orthanc, tmp_path: Path) -> None:
     study_uid, paths = write_study(load_template(), tmp_path / "dicom", series=2, instances=3)
     assert orthanc_with.store(paths) == len(paths)
@@ -59,7 +47,7 @@ def test_a_study_streams_through_byte_for_byte(orthanc_with: Orthanc, tmp_path: 
             assert answer.status == 200
             assert answer.content_type.startswith("multipart/related")
             chunks = list(answer.chunks)
-        received = _parts(answer.content_type, b"".join(chunks))
+        received = body_parts(answer.content_type, b"".join(chunks))
         expected = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
         assert {hashlib.sha256(part).hexdigest() for part in received} == expected
         with client.retrieve("/studies/1.2.3.999", DICOM_ANY) as missing:
@@ -99,15 +87,6 @@ def test_an_upstream_killed_mid_transfer_is_an_error(orthanc_with: Orthanc, tmp_
         assert 0 < sum(received) < frames * side * side * 2
     finally:
         client.close()
-
-
-@pytest.fixture
-def qrscp(tmp_path: Path) -> Iterator[Dcmqrscp]:
-    problem = dcmtk_problem()
-    if problem:
-        skip_or_fail(problem)
-    with Dcmqrscp(tmp_path / "qrscp", free_port()) as server:
-        yield server
 
 
 def test_c_get_brings_a_study_as_the_scp_holds_it(qrscp: Dcmqrscp, tmp_path: Path) -> None:
