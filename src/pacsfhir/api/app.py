@@ -33,11 +33,10 @@ FHIR_ROUTERS: tuple[APIRouter, ...] = (fhir.router, patients.router, audit.route
 
 def _store(settings: Settings, archive: Archive) -> LocalStore:
     """The archive alone, or in front of the configured upstream PACS (the gateway)."""
-    local = LocalStore(archive)
     if not settings.upstreams:
-        return local
+        return LocalStore(archive)
     return GatewayStore(
-        local,
+        archive,
         settings.upstreams,
         wait_seconds=settings.upstream_wait_seconds,
         open_searches=settings.upstream_open_searches,

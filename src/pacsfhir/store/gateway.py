@@ -13,8 +13,10 @@ Each bringing-in is a job per upstream and per query (``upstream.jobs``): identi
 requests share it, its result holds for the upstream's ``cache_seconds`` (a repeated
 search is served from the index; a changed upstream is seen once it expires), and a
 request that waits longer than ``upstream_wait_seconds`` is 503 + Retry-After. Stored
-copies are served first. A WADO-RS request for instances known only from an upstream's
-answer retrieves their study into the archive first (a job: WADO-RS from a DICOMweb
+copies are served first; STOW-RS (and the C-STORE listener) store here, the upstream staying
+the source of what it holds. A DICOM retrieve that one DICOMweb upstream holds whole is
+streamed straight through (``pass_through``); any other WADO-RS request for instances known
+only from an upstream's answer retrieves their study into the archive first (a job: WADO-RS from a DICOMweb
 upstream streamed into staging, or C-GET from a DIMSE one, through the ingest path; or
 C-MOVE to pacsfhir's C-STORE listener, which stores through the same path), then serves
 it as any stored study.
@@ -28,7 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pacsfhir.dicom.storage import BlobStore
+from pacsfhir.archive import Archive
 from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, related_boundary, stage_parts
 from pacsfhir.errors import (
     BadGateway,
@@ -46,7 +48,6 @@ from pacsfhir.store.base import (
     PassedThrough,
     QidoAnswer,
     StoredInstance,
-    StoreOutcome,
     StudyPage,
 )
 from pacsfhir.store.local import LocalStore
@@ -80,16 +81,19 @@ def _now() -> int:
 
 
 class GatewayStore(LocalStore):
+    """The archive's store, which it extends: every read of the archive is preceded by
+    bringing in what the upstreams hold of it (see the module)."""
+
     def __init__(
         self,
-        local: LocalStore,
+        archive: Archive,
         upstreams: Sequence[Upstream],
         *,
         wait_seconds: float = 2.0,
         open_searches: str = "refuse",
         workers: int = 2,
     ) -> None:
-        super().__init__(local.archive)
+        super().__init__(archive)
         self.upstreams = {u.name: u for u in upstreams}
         self.clients: dict[str, Client] = {
             u.name: DicomwebUpstreamClient(u)
@@ -294,16 +298,6 @@ class GatewayStore(LocalStore):
         if not stored.blob:  # instances() retrieves before any path is asked for
             raise BadGateway(f"instance {stored.sop_uid} is not here yet")
         return super().instance_path(stored)
-
-    @property
-    def staging(self) -> BlobStore:
-        return super().staging
-
-    def store(
-        self, parts: Sequence[ReceivedPart], study_uid: str | None, scope: Scope
-    ) -> StoreOutcome:
-        """STOW-RS stores here (the upstream stays the source of what it holds)."""
-        return super().store(parts, study_uid, scope)
 
     # -- FHIR search -> what selects studies upstream ------------------------------------
 
