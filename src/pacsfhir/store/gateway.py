@@ -15,11 +15,11 @@ search is served from the index; a changed upstream is seen once it expires), an
 request that waits longer than ``upstream_wait_seconds`` is 503 + Retry-After. Stored
 copies are served first; STOW-RS (and the C-STORE listener) store here, the upstream staying
 the source of what it holds. A DICOM retrieve that one DICOMweb upstream holds whole is
-streamed straight through (``pass_through``); any other WADO-RS request for instances known
-only from an upstream's answer retrieves their study into the archive first (a job: WADO-RS from a DICOMweb
-upstream streamed into staging, or C-GET from a DIMSE one, through the ingest path; or
-C-MOVE to pacsfhir's C-STORE listener, which stores through the same path), then serves
-it as any stored study.
+streamed straight through (``pass_through``); any other WADO-RS request for instances
+known only from an upstream's answer retrieves their study into the archive first (a job:
+WADO-RS from a DICOMweb upstream streamed into staging, or C-GET from a DIMSE one, through
+the ingest path; or C-MOVE to pacsfhir's C-STORE listener, which stores through the same
+path), then serves it as any stored study.
 """
 
 from __future__ import annotations
