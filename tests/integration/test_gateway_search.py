@@ -237,8 +237,10 @@ def test_c_move_retrieves_through_the_listener(world: World, tmp_path: Path) -> 
         tmp_path, url, upstream_wait_seconds=30.0, dimse_port=world.move_port
     ):
         with StorageListener(archive, "127.0.0.1", world.move_port, "PACSFHIR"):
-            found = client.get("/dicom-web/studies?PatientID=GW-2").json()
-            study_uid = found[0]["0020000D"]["Value"][0]
+            client.get("/dicom-web/studies?PatientID=GW-2")  # brings GW-2's studies in
+            # one the reference holds too (another test adds a GW-2 study to Orthanc)
+            known = world.reference.get("/dicom-web/studies?PatientID=GW-2").json()
+            study_uid = known[0]["0020000D"]["Value"][0]
             answer = client.get(f"/dicom-web/studies/{study_uid}", headers={"Accept": DICOM_ANY})
             assert answer.status_code == 200, answer.text
             expected = world.reference.get(

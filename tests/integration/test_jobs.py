@@ -196,3 +196,23 @@ def test_two_processes_share_one_job(archive: Archive, tmp_path: Path) -> None:
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_a_cached_result_is_read_without_a_write(
+    make_jobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search served from a live result must not take the index's write lock (every
+    cached read would then queue behind writers): ``submit`` is only called when the job
+    is missing, failed or expired (a spy counts its calls; the index is real)."""
+    submitted: list[str] = []
+    real_submit = store.submit
+
+    def counting_submit(*args: Any, **kwargs: Any) -> Any:
+        submitted.append(args[1])
+        return real_submit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "submit", counting_submit)
+    jobs = make_jobs({"find": Counted()}, result_seconds=60)
+    for _ in range(4):
+        assert jobs.run("find:cached", "find", {"n": 4}) == {"echo": 4}
+    assert submitted == ["find:cached"]

@@ -45,6 +45,14 @@ def _now() -> int:
     return time.time_ns() // 1000
 
 
+def _usable(job: store.Job) -> bool:
+    """A job to wait on or answer from as it is: queued, running, or done and unexpired
+    (a failed or expired one is submitted again)."""
+    if job.state == store.DONE:
+        return job.expires is not None and job.expires > _now()
+    return job.state in (store.QUEUED, store.RUNNING)
+
+
 class Jobs:
     def __init__(
         self,
@@ -106,7 +114,10 @@ class Jobs:
         """The result of the job ``key``, waiting up to ``wait`` (default
         ``wait_seconds``); ServiceUnavailable while it runs, BadGateway/GatewayTimeout
         when it failed."""
-        job = store.submit(self.engine, key, kind, payload, _now())
+        with read_connection(self.engine) as conn:  # a cached result costs no write
+            job = store.get(conn, key)
+        if job is None or not _usable(job):
+            job = store.submit(self.engine, key, kind, payload, _now())
         if not job.ended:
             self._wake.set()
             job = self._wait(key, self.wait_seconds if wait is None else wait)
