@@ -350,3 +350,70 @@ def test_a_patient_token_never_brings_in_or_sees_another_patient(
         with archive.engine.connect() as conn:
             landed = {uid for (uid,) in conn.execute(select(study.c.StudyInstanceUID))}
         assert theirs not in landed  # never asked of the upstream for this token
+
+
+def test_an_ehr_patient_token_reaches_its_studies_upstream(
+    world: World, tmp_path: Path, auth_server: AuthServer
+) -> None:
+    """The token's patient is the EHR's id: linked by its identifier (PUT Patient) to the
+    Patient ID the PACS holds, before anything of it was ever brought in, its token's
+    search asks the PACS by that Patient ID and sees what lands, linked."""
+    for client, _archive in _gateway(
+        tmp_path,
+        world.orthanc.dicomweb_url,
+        upstream_wait_seconds=20.0,
+        auth="jwt",
+        jwt_issuer=auth_server.issuer,
+    ):
+        writer = bearer(auth_server, "system/Patient.cud")
+        patient = {"resourceType": "Patient", "id": "ehr-9", "identifier": [{"value": "GW-1"}]}
+        put = client.put(
+            "/fhir/Patient/ehr-9",
+            json=patient,
+            headers={**writer, "Content-Type": "application/fhir+json"},
+        )
+        assert put.status_code == 201, put.text
+        token = bearer(auth_server, "patient/ImagingStudy.rs", "ehr-9")
+        bundle = client.get("/fhir/ImagingStudy", headers=token).json()
+        assert bundle["total"] == 2
+        assert {e["resource"]["subject"]["reference"] for e in bundle["entry"]} == {"Patient/ehr-9"}
+
+
+def test_stow_in_gateway_mode_stores_here_and_is_served_first(
+    world: World, gateway: tuple[TestClient, Archive]
+) -> None:
+    """STOW-RS stores here (the upstream stays the source of what it holds), and the
+    stored copy is what a retrieve serves, not the upstream's."""
+    client, archive = gateway
+    client.get("/dicom-web/studies?PatientID=GW-2")  # brings GW-2's studies in
+    known = world.reference.get("/dicom-web/studies?PatientID=GW-2").json()
+    study_uid = known[0]["0020000D"]["Value"][0]  # one the reference holds too
+    source = world.reference.get(f"/dicom-web/studies/{study_uid}", headers={"Accept": DICOM_ANY})
+    boundary = "gateway-stow"
+    parts = [(b"Content-Type: application/dicom", data) for data in _parts(source)]
+    body = (
+        b"".join(
+            b"--" + boundary.encode() + b"\r\n" + head + b"\r\n\r\n" + data + b"\r\n"
+            for head, data in parts
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    stored = client.post(
+        "/dicom-web/studies",
+        content=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+    )
+    assert stored.status_code == 200, stored.text
+    with archive.engine.connect() as conn:
+        left = conn.execute(
+            select(func.count())
+            .select_from(instance.join(series).join(study))
+            .where(study.c.StudyInstanceUID == study_uid, instance.c.blob == "")
+        ).scalar_one()
+    assert left == 0  # its placeholders gave way to the stored copies
+    again = client.get(f"/dicom-web/studies/{study_uid}", headers={"Accept": DICOM_ANY})
+    assert sorted(_part_hashes(again)) == sorted(_part_hashes(source))
