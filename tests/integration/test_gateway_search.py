@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -28,6 +30,7 @@ from pacsfhir.index.schema import instance, job, series, study
 from pacsfhir.settings import load_settings
 from tests.conftest import free_port, make_settings, skip_or_fail
 from tests.support.authserver import AuthServer
+from tests.support.dcmqrscp import Dcmqrscp
 from tests.support.dicom_factory import load_template, write_study
 from tests.support.mime import body_parts
 from tests.support.orthanc import Orthanc, orthanc_problem
@@ -44,6 +47,10 @@ class World:
     reference: TestClient  # pacsfhir holding the same files itself
     dimse_url: str
     move_port: int  # where Orthanc sends a C-MOVE to AE PACSFHIR
+
+    def orthanc_studies(self, patient_id: str) -> list[Any]:
+        answer = httpx.get(f"{self.orthanc.dicomweb_url}/studies", params={"PatientID": patient_id})
+        return list(answer.json()) if answer.status_code == 200 else []
 
 
 @pytest.fixture(scope="module")
@@ -417,3 +424,26 @@ def test_stow_in_gateway_mode_stores_here_and_is_served_first(
     assert left == 0  # its placeholders gave way to the stored copies
     again = client.get(f"/dicom-web/studies/{study_uid}", headers={"Accept": DICOM_ANY})
     assert sorted(_part_hashes(again)) == sorted(_part_hashes(source))
+
+
+def test_two_upstreams_are_both_asked(world: World, qrscp: Dcmqrscp, tmp_path: Path) -> None:
+    """[[upstream]] tables: Orthanc (DICOMweb) and dcmqrscp (DIMSE), each holding studies
+    of the same patient: one search brings in both, each retrievable from its holder."""
+    prior, paths = write_study(
+        load_template(), tmp_path / "prior", series=1, instances=2, PatientID="GW-2"
+    )
+    qrscp.store(paths)
+    tables = [
+        {"name": "orthanc", "url": world.orthanc.dicomweb_url},
+        {"name": "prior-site", "url": f"dimse://{qrscp.ae_title}@127.0.0.1:{qrscp.port}"},
+    ]
+    for client, archive in _gateway(tmp_path, json.dumps(tables), upstream_wait_seconds=20.0):
+        orthanc_count = len(world.orthanc_studies("GW-2"))
+        bundle = client.get("/fhir/ImagingStudy?patient.identifier=GW-2").json()
+        assert bundle["total"] == orthanc_count + 1
+        with archive.engine.connect() as conn:
+            holders = set(conn.scalars(select(instance.c.upstream).distinct()))
+        assert holders == {"orthanc", "prior-site"}
+        answer = client.get(f"/dicom-web/studies/{prior}", headers={"Accept": DICOM_ANY})
+        assert answer.status_code == 200, answer.text  # C-GET from dcmqrscp
+        assert len(_parts(answer)) == 2
