@@ -10,7 +10,6 @@ from pacsfhir.upstream.query import (
     MAX_IDENTIFIERS,
     NotExpressible,
     cfind_identifiers,
-    qido_params,
     qido_path,
     qido_requests,
 )
@@ -55,12 +54,12 @@ def test_qido_paths(level: Level, study: str | None, series: str | None, path: s
         ([("includefield", "all")], [("includefield", "all")]),
     ],
 )
-def test_qido_params_say_what_was_asked(
+def test_qido_requests_say_what_was_asked(
     pairs: list[tuple[str, str]], expected: list[tuple[str, str]]
 ) -> None:
-    query = parse_query(Level.STUDY, pairs)
-    assert qido_params(query, paged=False) == expected
-    assert qido_params(query)[-2:] == [("limit", str(query.limit)), ("offset", "0")]
+    """One request with the same parameters, unpaged (what comes back is paged again
+    where it lands)."""
+    assert qido_requests(parse_query(Level.STUDY, pairs)) == [expected]
 
 
 def test_a_study_cfind_names_its_level_matches_and_return_keys() -> None:

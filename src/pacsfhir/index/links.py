@@ -89,16 +89,6 @@ def linked_record(conn: Connection, resource_id: str) -> LinkedRecord | None:
     )
 
 
-def linked_records(conn: Connection, resource_ids: Collection[str]) -> dict[str, LinkedRecord]:
-    """The EHR patients among ``resource_ids`` (for ``_include`` of many studies)."""
-    found: dict[str, LinkedRecord] = {}
-    for resource_id in sorted(set(resource_ids)):
-        record = linked_record(conn, resource_id)
-        if record is not None:
-            found[resource_id] = record
-    return found
-
-
 def linked_patients_of(conn: Connection, resource_id: str) -> list[str]:
     """The ids of the DICOM patients linked to EHR patient ``resource_id``, sorted."""
     query = select(patient.c.resource_id).where(patient.c.linked_to == resource_id)
@@ -212,15 +202,6 @@ def save_linked_patient(
     record = linked_record(conn, resource_id)
     assert record is not None
     return record, created
-
-
-def touch_linked_patient(conn: Connection, resource_id: str, now: int) -> None:
-    """Note that ``resource_id`` was just confirmed at its source (nothing changed)."""
-    conn.execute(
-        update(linked_patient)
-        .where(linked_patient.c.resource_id == resource_id)
-        .values(fetched_at=now)
-    )
 
 
 def link_patients(conn: Connection, patient_pks: Collection[int], now: int) -> None:

@@ -57,13 +57,6 @@ def _value_text(match: Match, separator: str) -> str:
     return separator.join(match.values)
 
 
-def qido_params(query: QidoQuery, paged: bool = True) -> list[tuple[str, str]]:
-    """The QIDO-RS query parameters: the same matches (lists comma-separated, as QIDO-RS
-    writes them), includefield, fuzzymatching and (``paged``) limit and offset."""
-    params = [(m.keyword, _value_text(m, ",")) for m in query.matches]
-    return params + _result_params(query, paged)
-
-
 def qido_requests(query: QidoQuery) -> list[list[tuple[str, str]]]:
     """The QIDO-RS requests that together find what ``query`` finds: one, but one per
     value of a list of values other than UIDs, codes or integers (a comma may be part of
@@ -71,11 +64,11 @@ def qido_requests(query: QidoQuery) -> list[list[tuple[str, str]]]:
     ``MAX_IDENTIFIERS``. Unpaged: the matches land where they are paged again."""
     requests = []
     for chosen in _combinations(query, split=lambda m: m.vr not in ("UI", "CS", "IS")):
-        requests.append([(k, v) for k, _vr, v in chosen] + _result_params(query, paged=False))
+        requests.append([(k, v) for k, _vr, v in chosen] + _result_params(query))
     return requests
 
 
-def _result_params(query: QidoQuery, paged: bool) -> list[tuple[str, str]]:
+def _result_params(query: QidoQuery) -> list[tuple[str, str]]:
     params: list[tuple[str, str]] = []
     if query.include_all:
         params.append(("includefield", "all"))
@@ -88,8 +81,6 @@ def _result_params(query: QidoQuery, paged: bool) -> list[tuple[str, str]]:
         ]
     if query.fuzzy:
         params.append(("fuzzymatching", "true"))
-    if paged:
-        params += [("limit", str(query.limit)), ("offset", str(query.offset))]
     return params
 
 
