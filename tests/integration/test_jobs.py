@@ -216,3 +216,24 @@ def test_a_cached_result_is_read_without_a_write(
     for _ in range(4):
         assert jobs.run("find:cached", "find", {"n": 4}) == {"echo": 4}
     assert submitted == ["find:cached"]
+
+
+def test_ended_jobs_are_forgotten_in_time(archive: Archive, make_jobs: Any) -> None:
+    """Every distinct search is a job: the workers drop ended ones past their keep time
+    (here none), or the table would only grow."""
+    jobs = make_jobs(
+        {"find": Counted()},
+        result_seconds=0,
+        keep_ended_seconds=0,
+        stuck_seconds=0.2,
+    )
+    for n in range(3):
+        jobs.run(f"find:{n}", "find", {"n": n})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with archive.engine.connect() as conn:
+            left = [store.get(conn, f"find:{n}") for n in range(3)]
+        if not any(left):
+            break
+        time.sleep(0.05)
+    assert left == [None, None, None]

@@ -10,7 +10,8 @@ out) with its error; the next request for it tries again.
 
 Each process runs ``workers`` threads that claim queued jobs of the kinds it has a
 handler for; a heartbeat thread keeps its running jobs alive, and jobs whose process died
-are taken back (``stuck_seconds``) and run again, up to ``max_attempts``.
+are taken back (``stuck_seconds``) and run again, up to ``max_attempts``; ended jobs are
+forgotten a day after their result expired (their durations feed Retry-After until then).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ Handler = Callable[[dict[str, Any]], Any]  # payload -> JSON-able result
 TIMED_OUT = "timed out: "  # prefix of the error of a job whose upstream timed out
 DEFAULT_RETRY_SECONDS = 2
 MAX_RETRY_SECONDS = 120
+KEEP_ENDED_SECONDS = 86_400.0  # an ended job is kept this long past its expiry (history)
 
 
 def _now() -> int:
@@ -66,6 +68,7 @@ class Jobs:
         stuck_seconds: float = 30.0,
         max_attempts: int = 2,
         poll_seconds: float = 0.5,
+        keep_ended_seconds: float = KEEP_ENDED_SECONDS,
     ) -> None:
         self.engine = engine
         self.handlers = dict(handlers)
@@ -76,6 +79,7 @@ class Jobs:
         self.stuck_seconds = stuck_seconds
         self.max_attempts = max_attempts
         self.poll_seconds = poll_seconds
+        self.keep_ended_seconds = keep_ended_seconds
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[int, str] = {}  # pk -> key, of the jobs this process runs
         self._lock = threading.Lock()
@@ -170,8 +174,7 @@ class Jobs:
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_recovery:
-                    older = _now() - int(self.stuck_seconds * 1e6)
-                    store.recover_stuck(self.engine, older, self.max_attempts, _now())
+                    self._tidy()
                     next_recovery = time.monotonic() + self.stuck_seconds / 2
                 job = store.claim(self.engine, self.owner, _now(), kinds)
             except Exception:  # the index unreachable: try again shortly
@@ -183,6 +186,15 @@ class Jobs:
                 self._wake.clear()
                 continue
             self._execute(job)
+
+    def _tidy(self) -> None:
+        """Take back jobs whose process died; forget ended jobs past ``keep_ended_seconds``
+        (every distinct search is a job: without this the table only grows)."""
+        now = _now()
+        store.recover_stuck(
+            self.engine, now - int(self.stuck_seconds * 1e6), self.max_attempts, now
+        )
+        store.forget_expired(self.engine, now - int(self.keep_ended_seconds * 1e6))
 
     def _execute(self, job: store.Job) -> None:
         with self._lock:
