@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from pacsfhir.archive import Archive
 from tests.support.authserver import AuthServer
@@ -176,3 +177,23 @@ def test_dicom_patient_ids_are_not_looked_up(setup: Setup) -> None:
         token = setup.token("patient/ImagingStudy.rs", derived)
         assert studies(client, token) == {setup.other}
     assert setup.ehr.patient_reads == 0
+
+
+def test_a_settled_patient_costs_no_index_query(setup: Setup) -> None:
+    """Once its links are current, a patient's further requests do not ask the index
+    whether to look it up again (every request with a patient token passes here)."""
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "linked_patient" in statement:
+            statements.append(statement)
+
+    with setup.client() as client:
+        assert studies(client, setup.alice_token()) == {setup.site_a, setup.site_b}
+        event.listen(setup.archive.engine, "before_cursor_execute", count)
+        try:
+            for _ in range(5):
+                assert studies(client, setup.alice_token()) == {setup.site_a, setup.site_b}
+        finally:
+            event.remove(setup.archive.engine, "before_cursor_execute", count)
+    assert statements == []

@@ -32,15 +32,17 @@ from pacsfhir.mapping.patient import ResourceProblem, check_linked_patient, iden
 
 log = logging.getLogger(__name__)
 UNKNOWN_SECONDS = 60.0  # an id the EHR does not know is not asked about again for this long
-MAX_UNKNOWN = 10_000
+MAX_SETTLED = 10_000  # ids remembered as needing no look-up (the oldest go first)
 
 
 class EhrLinker:
     def __init__(self, archive: Archive, ehr: EhrPatients, refresh_seconds: int) -> None:
         self._archive = archive
         self._ehr = ehr
-        self._refresh_micros = max(0, refresh_seconds) * 1_000_000
-        self._unknown: OrderedDict[str, float] = OrderedDict()  # id -> monotonic expiry
+        self._refresh_seconds = max(0, refresh_seconds)
+        # id -> monotonic time until which it needs no look-up: a request with a patient
+        # token then costs no index query here (the hot path)
+        self._settled: OrderedDict[str, float] = OrderedDict()
         self._flights: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -63,16 +65,22 @@ class EhrLinker:
 
     def _needs_lookup(self, patient_id: str) -> bool:
         with self._guard:
-            expiry = self._unknown.get(patient_id)
-            if expiry is not None and time.monotonic() < expiry:
-                return False
+            until = self._settled.get(patient_id)
+        if until is not None and time.monotonic() < until:
+            return False
         with read_connection(self._archive.engine) as conn:
             record = links.linked_record(conn, patient_id)
-            if record is None:
-                return queries.patient_by_resource_id(conn, patient_id) is None
-        if record.source == links.SOURCE_FHIR:
+            derived = record is None and queries.patient_by_resource_id(conn, patient_id)
+        if derived or (record is not None and record.source == links.SOURCE_FHIR):
+            self._settle(patient_id, self._refresh_seconds)  # never looked up: re-checked
             return False
-        return to_micros_now() - record.fetched_at >= self._refresh_micros
+        if record is None:
+            return True
+        left = self._refresh_seconds - (to_micros_now() - record.fetched_at) / 1e6
+        if left > 0:
+            self._settle(patient_id, left)
+            return False
+        return True
 
     def _look_up(self, patient_id: str) -> None:
         with read_connection(self._archive.engine) as conn:
@@ -91,11 +99,12 @@ class EhrLinker:
                 RETRY_AFTER_SECONDS,
             ) from exc
         if checked is None:
-            self._remember_unknown(patient_id)
+            self._settle(patient_id, UNKNOWN_SECONDS)
             if known:
                 self._save(patient_id, None)
             return
         self._save(patient_id, checked)
+        self._settle(patient_id, self._refresh_seconds)
 
     def _save(self, patient_id: str, resource: dict[str, Any] | None) -> None:
         """Store the EHR's answer (None: it no longer knows the patient) and relink."""
@@ -120,9 +129,11 @@ class EhrLinker:
                     log.warning("an identifier the EHR gives is already another patient's")
             links.save_linked_patient(conn, patient_id, resource, keys, links.SOURCE_EHR, now)
 
-    def _remember_unknown(self, patient_id: str) -> None:
+    def _settle(self, patient_id: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
         with self._guard:
-            self._unknown[patient_id] = time.monotonic() + UNKNOWN_SECONDS
-            self._unknown.move_to_end(patient_id)
-            while len(self._unknown) > MAX_UNKNOWN:
-                self._unknown.popitem(last=False)
+            self._settled[patient_id] = time.monotonic() + seconds
+            self._settled.move_to_end(patient_id)
+            while len(self._settled) > MAX_SETTLED:
+                self._settled.popitem(last=False)
