@@ -22,11 +22,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, or_, select, tupl
 
 from pacsfhir.index.counts import advance_generation
 from pacsfhir.index.schema import linked_identifier, linked_patient, patient, study
-
-# An identifier as a DICOM patient row holds it: (Patient ID, identifier system, issuer
-# name when the system is ""); see ``schema.linked_identifier`` and
-# ``mapping.patient.IdentityKey``, which reads them off a FHIR Patient.
-IdentityKey = tuple[str, str, str]
+from pacsfhir.vocabulary.records import IdentityKey
 
 
 @dataclass(frozen=True)
@@ -43,9 +39,8 @@ class LinkConflict(Exception):
     """An identifier already belongs to another EHR patient."""
 
     def __init__(self, key: IdentityKey, owner: str) -> None:
-        value, system, issuer = key
         super().__init__(
-            f"identifier {system or issuer}|{value} already belongs to Patient/{owner}"
+            f"identifier {key.system or key.issuer}|{key.value} already belongs to Patient/{owner}"
         )
         self.key = key
         self.owner = owner
@@ -134,9 +129,9 @@ def owner_of(conn: Connection, key: IdentityKey) -> str | None:
         select(linked_patient.c.resource_id)
         .join(linked_identifier, linked_identifier.c.linked_pk == linked_patient.c.pk)
         .where(
-            linked_identifier.c.value == key[0],
-            linked_identifier.c.system == key[1],
-            linked_identifier.c.issuer == key[2],
+            linked_identifier.c.value == key.value,
+            linked_identifier.c.system == key.system,
+            linked_identifier.c.issuer == key.issuer,
         )
     )
     return conn.scalars(query).first()
@@ -193,10 +188,7 @@ def save_linked_patient(
     if unique_keys:
         conn.execute(
             insert(linked_identifier),
-            [
-                {"linked_pk": pk, "value": value, "system": system, "issuer": issuer}
-                for value, system, issuer in unique_keys
-            ],
+            [{"linked_pk": pk, **key._asdict()} for key in unique_keys],
         )
     _relink(conn, resource_id, unique_keys, now)
     record = linked_record(conn, resource_id)

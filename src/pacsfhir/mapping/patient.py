@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from pacsfhir.vocabulary.codes import V2_0203
 from pacsfhir.vocabulary.dates import dicom_datetime, format_instant
 from pacsfhir.vocabulary.names import human_names
+from pacsfhir.vocabulary.records import IdentityKey
 
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 
@@ -61,15 +62,6 @@ def patient(row: Mapping[str, Any]) -> dict[str, Any]:
             {"other": {"reference": f"Patient/{row['linked_to']}"}, "type": "refer"}
         ]
     return resource
-
-
-class IdentityKey(NamedTuple):
-    """A FHIR identifier as a DICOM patient row holds one: the Patient ID, the identifier
-    system derived from its issuer, and the issuer's name when it has no URI."""
-
-    value: str
-    system: str
-    issuer: str
 
 
 def identity_keys(resource: Mapping[str, Any]) -> list[IdentityKey]:

@@ -35,6 +35,7 @@ from pacsfhir.search.model import SearchRequest
 from pacsfhir.search.qido import QidoQuery
 from pacsfhir.store.base import Failure, PassedThrough, QidoAnswer, StoreOutcome, StudyPage
 from pacsfhir.vocabulary.levels import Level
+from pacsfhir.vocabulary.records import IdentityKey
 
 # STOW-RS Failure Reasons (PS3.18 Table I.2-2, and ours: docs/conformance.md)
 PROCESSING_FAILURE = 0x0110
@@ -229,8 +230,9 @@ class LocalStore:
     def _link_of(self, attrs: InstanceAttributes) -> str | None:
         """The EHR patient an instance's patient is (or will be) linked to (index.links)."""
         row = patient_row(attrs)
-        system = row["identifier_system"]
-        key = (row["PatientID"], system, "" if system else row["IssuerOfPatientID"])
+        key = IdentityKey.of_dicom(
+            row["PatientID"], row["identifier_system"], row["IssuerOfPatientID"]
+        )
         with read_connection(self.archive.engine) as conn:
             return links.owner_of(conn, key)
 

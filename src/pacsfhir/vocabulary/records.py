@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Row = Mapping[str, Any]  # an index row keyed by DICOM keyword (JSON columns decoded)
 
@@ -36,3 +36,20 @@ class AuditRecord:
     study_uid: str | None = None
     address: str | None = None
     query_names: tuple[str, ...] = ()
+
+
+class IdentityKey(NamedTuple):
+    """A patient identifier as a DICOM patient row holds one: the Patient ID, the
+    identifier system derived from its issuer, and the issuer's name when it has no URI
+    ("" otherwise). An EHR patient's identifiers are kept so (``index.links``), read off
+    its FHIR resource (``mapping.patient.identity_keys``)."""
+
+    value: str
+    system: str
+    issuer: str
+
+    @classmethod
+    def of_dicom(cls, patient_id: str, system: str, issuer: str) -> IdentityKey:
+        """The key of a DICOM patient: its Patient ID, the system derived from its
+        issuer, and the Issuer of Patient ID only when no system could be derived."""
+        return cls(patient_id, system, "" if system else issuer)
