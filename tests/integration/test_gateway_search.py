@@ -447,3 +447,17 @@ def test_two_upstreams_are_both_asked(world: World, qrscp: Dcmqrscp, tmp_path: P
         answer = client.get(f"/dicom-web/studies/{prior}", headers={"Accept": DICOM_ANY})
         assert answer.status_code == 200, answer.text  # C-GET from dcmqrscp
         assert len(_parts(answer)) == 2
+
+
+def test_a_search_too_wide_for_the_upstream_is_the_clients_to_narrow(
+    gateway: tuple[TestClient, Archive],
+) -> None:
+    """40 Patient IDs would be 40 C-FINDs (or QIDO-RS requests): 400 saying so, not a
+    502 that would blame the upstream; and no job is made."""
+    client, archive = gateway
+    many = "\\".join(f"GW-{n}" for n in range(40))
+    answer = client.get("/dicom-web/studies", params={"PatientID": many})
+    assert answer.status_code == 400
+    assert "narrow the search" in answer.headers["warning"]
+    with archive.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(job)).scalar_one() == 0

@@ -37,6 +37,7 @@ from pacsfhir.errors import (
     BadRequest,
     GatewayTimeout,
     PayloadTooLarge,
+    TooCostly,
     UnsupportedMediaType,
 )
 from pacsfhir.index import links
@@ -58,7 +59,13 @@ from pacsfhir.upstream.errors import UpstreamError
 from pacsfhir.upstream.fetch import fetch_studies
 from pacsfhir.upstream.jobs import Jobs
 from pacsfhir.upstream.landing import land
-from pacsfhir.upstream.query import study_query_from_json, study_query_json
+from pacsfhir.upstream.query import (
+    NotExpressible,
+    cfind_identifiers,
+    qido_requests,
+    study_query_from_json,
+    study_query_json,
+)
 from pacsfhir.vocabulary.ids import DICOM_UID_SYSTEM
 from pacsfhir.vocabulary.levels import Level
 
@@ -130,7 +137,14 @@ class GatewayStore(LocalStore):
         return {"studies": len(answers), "instances": written}
 
     def _bring_in(self, query: QidoQuery) -> None:
-        """Run the study-level ``query`` on every upstream (a job each), answers landed."""
+        """Run the study-level ``query`` on every upstream (a job each), answers landed.
+        A query no upstream query can carry is the client's to narrow (400), checked here
+        before any job: a job's failure would read as the upstream's (502)."""
+        try:
+            qido_requests(query)
+            cfind_identifiers(query)
+        except NotExpressible as exc:
+            raise TooCostly(f"{exc}: narrow the search") from exc
         selection = study_query_json(query)
         for name, upstream in self.upstreams.items():
             key = f"{FIND}:{name}:{_digest(selection)}"
