@@ -112,13 +112,12 @@ def patient_by_resource_id(conn: Connection, resource_id: str) -> dict[str, Any]
     return dict(row._mapping) if row else None
 
 
+def any_study_where(conn: Connection, *conditions: ColumnElement[bool]) -> bool:
+    """Whether some study meets ``conditions`` (on ``study`` rows: a scope's clause, for
+    what rows read in Python cannot tell)."""
+    return conn.execute(select(study.c.pk).where(*conditions).limit(1)).first() is not None
+
+
 def study_where(conn: Connection, study_uid: str, condition: ColumnElement[bool]) -> bool:
-    """Whether the study ``study_uid`` exists and meets ``condition`` (on ``study`` rows:
-    a scope's clause, for what rows read in Python cannot tell)."""
-    query = select(study.c.pk).where(study.c.StudyInstanceUID == study_uid, condition)
-    return conn.execute(query.limit(1)).first() is not None
-
-
-def any_study_where(conn: Connection, condition: ColumnElement[bool]) -> bool:
-    """Whether some study meets ``condition`` (a scope's clause)."""
-    return conn.execute(select(study.c.pk).where(condition).limit(1)).first() is not None
+    """Whether the study ``study_uid`` exists and meets ``condition``."""
+    return any_study_where(conn, study.c.StudyInstanceUID == study_uid, condition)
