@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-mb",
         type=int,
-        default=200,
+        default=500,
         help="gateway: size in MB of the study retrieved through the gateway",
     )
     parser.add_argument(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pacsfhir.api.streaming import in_batches, take
+from pacsfhir.api.streaming import coalesce, in_batches, take
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,29 @@ def test_take_splits_by_budget(
     assert [take(source, budget) for _ in batches] == batches
 
 
+@pytest.mark.parametrize(
+    ("batch", "below", "out"),
+    [
+        ([], 4, []),
+        ([b"a", b"b", b"c"], 4, [b"abc"]),
+        ([b"a", b"long", b"b", b"c"], 4, [b"a", b"long", b"bc"]),
+        ([b"long", b"more"], 4, [b"long", b"more"]),
+        ([memoryview(b"ab"), b"c"], 4, [b"abc"]),
+    ],
+)
+def test_coalesce_joins_runs_of_small_chunks(
+    batch: list[bytes | memoryview], below: int, out: list[bytes]
+) -> None:
+    assert [bytes(c) for c in coalesce(batch, below)] == out
+
+
+def test_coalesce_passes_a_lone_small_chunk_and_large_ones_without_copying() -> None:
+    large, small = b"x" * 10, memoryview(b"y")
+    got = coalesce([large, small], 4)
+    assert got[0] is large
+    assert got[1] is small
+
+
 async def _collect(chunks: Iterator[bytes], budget: int) -> list[bytes]:
     return [chunk async for chunk in in_batches(chunks, budget)]
 
@@ -43,7 +66,8 @@ def test_in_batches_yields_every_chunk_in_order_off_the_event_loop() -> None:
             yield n.to_bytes(2, "big") * 50
 
     got = asyncio.run(_collect(source(), 1000))
-    assert got == [n.to_bytes(2, "big") * 50 for n in range(100)]
+    assert b"".join(got) == b"".join(n.to_bytes(2, "big") * 50 for n in range(100))
+    assert len(got) == 10  # each batch of ten small chunks sent as one
     assert threading.main_thread().name not in threads
 
 
@@ -64,7 +88,7 @@ def test_in_batches_closes_the_source_when_the_caller_stops_early() -> None:
         await asyncio.sleep(0.05)  # the read-ahead ends, then the source is closed
         return got
 
-    assert asyncio.run(first_three()) == [b"x" * 100] * 3
+    assert asyncio.run(first_three()) == [b"x" * 300] * 3  # batches of three, joined
     assert closed.wait(5)
 
 

@@ -183,7 +183,7 @@ def _parser(boundary: bytes, writer: _PartWriter) -> MultipartParser:
 
 
 def stage_parts(
-    body: Iterable[bytes], boundary: bytes, blobs: BlobStore, limits: UploadLimits
+    body: Iterable[bytes | memoryview], boundary: bytes, blobs: BlobStore, limits: UploadLimits
 ) -> list[ReceivedPart]:
     """``receive_parts`` for a body read in a worker thread (a retrieve from an upstream
     PACS): every part staged as it arrives; on any error nothing stays staged."""
@@ -195,7 +195,7 @@ def stage_parts(
             received += len(chunk)
             if received > limits.body:
                 raise limits.body_too_large()
-            parser.write(chunk)
+            parser.write(chunk if isinstance(chunk, bytes) else bytes(chunk))
         _finish(parser, writer, b"")
     except BaseException:
         writer.abort()

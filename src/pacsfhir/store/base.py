@@ -63,7 +63,7 @@ class PassedThrough:
 
     status: int
     content_type: str
-    body: Iterator[bytes]
+    body: Iterator[bytes | memoryview]
 
 
 @dataclass(frozen=True)

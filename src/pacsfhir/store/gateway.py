@@ -369,7 +369,7 @@ def _passed_through(client: DicomwebUpstreamClient, path: str, accept: str) -> P
     except UpstreamError as exc:
         raise (GatewayTimeout if exc.timed_out else BadGateway)(exc.message) from exc
 
-    def body() -> Iterator[bytes]:
+    def body() -> Iterator[bytes | memoryview]:
         try:
             yield from answer.chunks
         finally:

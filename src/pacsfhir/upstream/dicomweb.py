@@ -7,6 +7,7 @@ timeout likewise. Credentials never reach the log.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,15 +17,17 @@ from urllib.parse import quote
 
 import httpx
 
+from pacsfhir import __version__
 from pacsfhir.search.qido import QidoQuery
-from pacsfhir.upstream.config import DicomwebUpstream
+from pacsfhir.upstream.bulk_get import BulkGetError, bulk_get
+from pacsfhir.upstream.config import Credentials, DicomwebUpstream
 from pacsfhir.upstream.errors import UpstreamError
 from pacsfhir.upstream.query import UNIQUE_TAGS, qido_path, qido_requests
 
 DICOM_JSON = "application/dicom+json"
 _SAFE = "*^\\,-._~:"  # besides letters and digits, kept as they are in a query value
 MAX_QIDO_BYTES = 64 << 20
-CHUNK_BYTES = 1 << 20  # what a retrieve is relayed in
+USER_AGENT = f"pacsfhir/{__version__}"
 
 
 class DicomwebUpstreamClient:
@@ -37,6 +40,7 @@ class DicomwebUpstreamClient:
             auth = httpx.BasicAuth(credentials.username, credentials.password)
         elif credentials.kind == "bearer":
             headers["Authorization"] = f"Bearer {credentials.token}"
+        self._authorization = _authorization_header(credentials)
         self._client = httpx.Client(
             auth=auth,
             headers=headers,
@@ -102,45 +106,48 @@ class DicomwebUpstreamClient:
     @contextmanager
     def retrieve(self, path: str, accept: str) -> Iterator[Retrieved]:
         """``GET {base}{path}`` (a WADO-RS resource) with the client's ``accept``, the
-        answer streamed as it arrives (never held whole): its status, content type and
-        body chunks. A transport error before the answer is UpstreamError; one during the
-        body surfaces from the chunk iterator as UpstreamError too (a transfer cut short
-        must never pass for a whole one)."""
+        answer streamed as it arrives (never held whole, read in large pieces:
+        ``upstream.bulk_get``): its status, content type and body chunks. A failure
+        before the answer is UpstreamError; one during the body surfaces from the chunk
+        iterator as UpstreamError too (a transfer cut short must never pass for a whole
+        one)."""
         name = self.upstream.name
+        headers = [
+            ("Accept", accept),
+            # no compression: the bytes are relayed as they come (a DICOM file
+            # compresses little, and decompressing would cost the relay a core)
+            ("Accept-Encoding", "identity"),
+            ("User-Agent", USER_AGENT),
+            *self._authorization,
+        ]
+        url = self.upstream.base_url + path
         try:
-            with self._client.stream(
-                "GET",
-                self.upstream.base_url + path,
-                # no compression: the bytes are relayed as they come (a DICOM file
-                # compresses little, and decompressing would cost the relay a core)
-                headers={"Accept": accept, "Accept-Encoding": "identity"},
-            ) as response:
+            with bulk_get(url, headers, self.upstream.timeout) as answer:
                 yield Retrieved(
-                    response.status_code,
-                    response.headers.get("content-type", ""),
-                    _chunks(response, name, path),
+                    answer.status,
+                    answer.headers.get("content-type", ""),
+                    _chunks(answer.body, name, path),
                 )
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(f"{name}: WADO-RS {path} timed out", timed_out=True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"{name}: WADO-RS {path}: {type(exc).__name__}") from exc
+        except BulkGetError as exc:
+            raise UpstreamError(f"{name}: WADO-RS {path}: {exc.message}", exc.timed_out) from exc
 
 
 @dataclass(frozen=True)
 class Retrieved:
     status: int
     content_type: str
-    chunks: Iterator[bytes]
+    chunks: Iterator[bytes | memoryview]
 
 
-def _chunks(response: httpx.Response, name: str, path: str) -> Iterator[bytes]:
+def _chunks(
+    body: Iterator[bytes | memoryview], name: str, path: str
+) -> Iterator[bytes | memoryview]:
     try:
-        yield from response.iter_raw(CHUNK_BYTES)
-    except httpx.TimeoutException as exc:
-        raise UpstreamError(f"{name}: WADO-RS {path} stalled mid-transfer", True) from exc
-    except httpx.HTTPError as exc:
+        yield from body
+    except BulkGetError as exc:
+        what = "stalled" if exc.timed_out else "cut"
         raise UpstreamError(
-            f"{name}: WADO-RS {path} cut mid-transfer ({type(exc).__name__})"
+            f"{name}: WADO-RS {path} {what} mid-transfer ({exc.message})", exc.timed_out
         ) from exc
 
 
@@ -150,6 +157,15 @@ def query_string(params: Sequence[tuple[str, str]]) -> str:
     ``%2A``, ``%5E`` or ``%5C`` in a value, so an escaped wildcard, person name or list
     matches nothing there)."""
     return "&".join(f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}" for k, v in params)
+
+
+def _authorization_header(credentials: Credentials) -> list[tuple[str, str]]:
+    if credentials.kind == "basic":  # RFC 7617, as httpx.BasicAuth writes it
+        pair = f"{credentials.username}:{credentials.password}".encode()
+        return [("Authorization", "Basic " + base64.b64encode(pair).decode("ascii"))]
+    if credentials.kind == "bearer":
+        return [("Authorization", f"Bearer {credentials.token}")]
+    return []
 
 
 def _reason(response: httpx.Response) -> str:
