@@ -152,9 +152,10 @@ SERIES_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
      {"bodySite": {"display": "WHOLE BODY"}}),
     ("laterality", {"Laterality": "L"},
      {"laterality": {"system": "http://snomed.info/sct", "code": "7771000", "display": "Left"}}),
+    # "Other" is OT's meaning in CID 33 "Modality" (PS3.16)
     ("empty modality is OT", {"Modality": ""},
      {"modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "OT",
-                   "display": "Other Modality"}}),
+                   "display": "Other"}}),
     ("series number", {"SeriesNumber": "7"}, {"number": 7}),
     ("negative series number is dropped", {"SeriesNumber": "-1"}, {"number": None}),
     ("performers", {"PerformingPhysicianName": ["Ph^Ys"], "OperatorsName": ["Op^Er"]},

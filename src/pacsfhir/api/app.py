@@ -23,7 +23,6 @@ from pacsfhir.archive import Archive
 from pacsfhir.auth.ehr import EhrPatients
 from pacsfhir.auth.tokens import verifier_from_settings
 from pacsfhir.settings import Settings
-from pacsfhir.store.gateway import GatewayStore
 from pacsfhir.store.local import LocalStore
 
 # The FHIR surface's routers; DICOMweb's are api.dicomweb.ROUTERS. Each route of them takes
@@ -35,6 +34,8 @@ def _store(settings: Settings, archive: Archive) -> LocalStore:
     """The archive alone, or in front of the configured upstream PACS (the gateway)."""
     if not settings.upstreams:
         return LocalStore(archive)
+    from pacsfhir.store.gateway import GatewayStore  # an archive alone never loads it
+
     return GatewayStore(
         archive,
         settings.upstreams,
@@ -62,11 +63,9 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         tune_for_streaming()  # whichever ASGI server runs the app
         audit_writer.start()
-        if isinstance(store, GatewayStore):
-            store.start()
+        store.start()
         yield
-        if isinstance(store, GatewayStore):
-            store.close()
+        store.close()
         audit_writer.close()
         if verifier is not None:
             verifier.close()

@@ -83,6 +83,14 @@ class StoreOutcome:
 
 
 class Store(Protocol):
+    def start(self) -> None:
+        """Begin background work (the gateway's job workers), when the app starts."""
+        ...
+
+    def close(self) -> None:
+        """End it, when the app stops."""
+        ...
+
     # -- FHIR ------------------------------------------------------------------------
 
     def search_studies(

@@ -28,7 +28,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, related_boundary, stage_parts
@@ -54,7 +54,6 @@ from pacsfhir.store.base import (
 from pacsfhir.store.local import LocalStore
 from pacsfhir.upstream.config import DicomwebUpstream, Upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
-from pacsfhir.upstream.dimse import DimseUpstreamClient
 from pacsfhir.upstream.errors import UpstreamError
 from pacsfhir.upstream.fetch import fetch_studies
 from pacsfhir.upstream.jobs import Jobs
@@ -69,6 +68,11 @@ from pacsfhir.upstream.query import (
 from pacsfhir.vocabulary.ids import DICOM_UID_SYSTEM
 from pacsfhir.vocabulary.levels import Level
 
+if TYPE_CHECKING:  # pynetdicom is loaded only when a DIMSE upstream is configured
+    from pacsfhir.upstream.dimse import DimseUpstreamClient
+
+    Client = DicomwebUpstreamClient | DimseUpstreamClient
+
 FIND = "find"
 RETRIEVE = "retrieve"
 WHOLE_STUDY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -80,7 +84,13 @@ OPEN_SEARCH = (
     "StudyInstanceUID, AccessionNumber)"
 )
 
-Client = DicomwebUpstreamClient | DimseUpstreamClient
+
+def _client(upstream: Upstream) -> Client:
+    if isinstance(upstream, DicomwebUpstream):
+        return DicomwebUpstreamClient(upstream)
+    from pacsfhir.upstream.dimse import DimseUpstreamClient
+
+    return DimseUpstreamClient(upstream)
 
 
 def _now() -> int:
@@ -102,12 +112,7 @@ class GatewayStore(LocalStore):
     ) -> None:
         super().__init__(archive)
         self.upstreams = {u.name: u for u in upstreams}
-        self.clients: dict[str, Client] = {
-            u.name: DicomwebUpstreamClient(u)
-            if isinstance(u, DicomwebUpstream)
-            else DimseUpstreamClient(u)
-            for u in upstreams
-        }
+        self.clients: dict[str, Client] = {u.name: _client(u) for u in upstreams}
         self.open_searches = open_searches
         self.jobs = Jobs(
             self.archive.engine,

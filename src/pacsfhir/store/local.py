@@ -58,6 +58,12 @@ class LocalStore:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 
+    def start(self) -> None:
+        """Nothing runs in the background of the archive's store."""
+
+    def close(self) -> None:
+        """Nothing to end (the archive is closed by whoever opened it)."""
+
     # -- FHIR ------------------------------------------------------------------------
 
     def search_studies(

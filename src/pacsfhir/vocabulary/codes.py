@@ -1,31 +1,14 @@
 """Code systems: DICOM coding scheme designators -> FHIR system URIs, DCM modality codes
-and SOP Class names, all read from pydicom's dictionaries rather than typed by hand."""
+(``modality_table``, generated from pydicom's PS3.16 dictionaries, which are too large
+to import in a server) and SOP Class names (pydicom's UID dictionary)."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from pydicom.uid import UID
 
-Concepts = dict[str, dict[str, tuple[str, list[int]]]]  # keyword -> {code: (meaning, cids)}
-
-
-@cache
-def _dcm_concepts() -> Concepts:
-    """pydicom's generated DCM concepts (imported on first use: it is a large module)."""
-    from pydicom.sr import _concepts_dict
-
-    concepts: Concepts = _concepts_dict.concepts["DCM"]  # type: ignore[assignment]
-    return concepts
-
-
-@cache
-def _cid_keywords(cid: int) -> frozenset[str]:
-    from pydicom.sr import _cid_dict
-
-    return frozenset(_cid_dict.cid_concepts[cid]["DCM"])
-
+from pacsfhir.vocabulary.modality_table import ACQUISITION_MODALITIES, MODALITY_MEANINGS
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
@@ -56,43 +39,21 @@ _SCHEME_SYSTEMS = {
     "NCIt": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
 }
 
-ACQUISITION_MODALITY_CID = 29
-
 
 def coding_system(designator: str) -> str | None:
     return _SCHEME_SYSTEMS.get(designator.strip())
 
 
-@cache
-def _dcm_codes() -> dict[str, tuple[str, frozenset[int]]]:
-    codes: dict[str, tuple[str, frozenset[int]]] = {}
-    for entries in _dcm_concepts().values():
-        for code, (meaning, cids) in entries.items():
-            codes[code] = (meaning, frozenset(cids))
-    return codes
-
-
-@cache
-def _acquisition_modalities() -> frozenset[str]:
-    keywords = _cid_keywords(ACQUISITION_MODALITY_CID)
-    return frozenset(
-        code
-        for keyword, entries in _dcm_concepts().items()
-        if keyword in keywords
-        for code in entries
-    )
-
-
 def modality_coding(modality: str) -> dict[str, Any]:
     coding: dict[str, Any] = {"system": DCM, "code": modality}
-    known = _dcm_codes().get(modality)
-    if known:
-        coding["display"] = known[0]
+    meaning = MODALITY_MEANINGS.get(modality)
+    if meaning:
+        coding["display"] = meaning
     return coding
 
 
 def is_acquisition_modality(modality: str) -> bool:
-    return modality in _acquisition_modalities()
+    return modality in ACQUISITION_MODALITIES
 
 
 def sop_class_coding(sop_class_uid: str) -> dict[str, Any]:
