@@ -357,7 +357,11 @@ def _listener(archive: Any, settings: Settings) -> Iterator[Any]:
     from pacsfhir.dimse.listener import StorageListener
 
     listener = StorageListener(
-        archive, settings.dimse_bind_host, settings.dimse_port, settings.ae_title
+        archive,
+        settings.dimse_bind_host,
+        settings.dimse_port,
+        settings.ae_title,
+        max_associations=settings.dimse_max_associations,
     )
     try:
         listener.start()

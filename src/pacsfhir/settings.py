@@ -207,6 +207,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "dimse_host", str, "", "Address the C-STORE listener binds to; empty: the same as host"
     ),
+    Setting(
+        "dimse_max_associations",
+        int,
+        16,
+        "Associations the C-STORE listener serves at once; more are rejected (transient)",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -259,6 +265,7 @@ class Settings:
     dimse_port: int = 0
     ae_title: str = "PACSFHIR"
     dimse_host: str = ""
+    dimse_max_associations: int = 16
 
     @property
     def data_dir(self) -> Path:
@@ -378,6 +385,10 @@ def load_settings(
         raise ConfigurationError(f"ae_title {values['ae_title']!r}: {problem}")
     if not 0 <= values["dimse_port"] <= 65535:
         raise ConfigurationError(f"dimse_port must be 0 (off) to 65535, not {values['dimse_port']}")
+    if not 1 <= values["dimse_max_associations"] <= 1000:
+        raise ConfigurationError(
+            f"dimse_max_associations must be 1 to 1000, not {values['dimse_max_associations']}"
+        )
     settings = Settings(**values)
     moving = [
         u.name

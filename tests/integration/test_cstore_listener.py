@@ -365,3 +365,55 @@ def test_an_index_busy_past_the_lock_wait_is_out_of_resources_then_stored(
         assert send_dataset(assoc, ds) == SUCCESS  # the same instance, sent again
     assert set(stored(archive)) == {ds.SOPInstanceUID}
     assert_consistent(archive)
+
+
+def test_associations_past_the_setting_are_rejected_as_transient(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """``pacsfhir listen`` with PACSFHIR_DIMSE_MAX_ASSOCIATIONS=1: while one association
+    is open a second is rejected (transient: the sender may try again), and once the first
+    is released the next is accepted."""
+    from pynetdicom import AE
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PACSFHIR_")},
+        "PACSFHIR_DATA": archive.settings.data,
+        "PACSFHIR_DATABASE_URL": archive.settings.index_url,
+        "PACSFHIR_DIMSE_PORT": str(port),
+        "PACSFHIR_AE_TITLE": AE_TITLE,
+        "PACSFHIR_DIMSE_MAX_ASSOCIATIONS": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacsfhir", "listen"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_listening(process, port)
+        with associated(port, AE_TITLE) as first:
+            assert first.is_established
+            ae = AE(ae_title="SECOND")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            second = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+            assert second.is_rejected
+            assert second.acceptor.primitive.result == 0x02  # rejected-transient
+            ae.shutdown()
+        deadline = time.monotonic() + 10
+        while True:  # the listener notices the release in its own time
+            ae = AE(ae_title="THIRD")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            third = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+            accepted = third.is_established
+            if accepted:
+                third.release()
+            ae.shutdown()
+            if accepted or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert accepted
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
-from pacsfhir.index.schema import instance
+from pacsfhir.index.schema import instance, study
 from pacsfhir.search.qido import parse_query
 from pacsfhir.upstream.config import parse_upstream
 from pacsfhir.upstream.dicomweb import DicomwebUpstreamClient
@@ -200,3 +200,38 @@ def test_stored_copies_win_and_placeholders_follow_the_upstream(
 
 def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _study_versions(archive: Archive) -> dict[str, tuple[int, int]]:
+    with archive.engine.connect() as conn:
+        rows = conn.execute(
+            select(study.c.StudyInstanceUID, study.c.version_id, study.c.last_updated)
+        )
+        return {uid: (version, updated) for uid, version, updated in rows}
+
+
+def test_landing_an_unchanged_answer_again_changes_nothing(
+    upstreams: Upstreams, gateway_archive: Archive
+) -> None:
+    """A cache refresh that finds the upstream unchanged keeps each study's version and
+    lastUpdated; a change at the study level gives that study, and that study only, a
+    new version."""
+    client = upstreams.clients["orthanc-web"]
+    answers = fetch_studies(client, QUERY)
+    assert land(gateway_archive.engine, answers, "orthanc-web", _now()) == len(upstreams.files)
+    before = _study_versions(gateway_archive)
+    assert land(gateway_archive.engine, fetch_studies(client, QUERY), "orthanc-web", _now()) == 0
+    assert _study_versions(gateway_archive) == before
+
+    changed = fetch_studies(client, QUERY)
+    changed_uid = changed[0].study["0020000D"]["Value"][0]
+    changed[0].study["00081030"] = {"vr": "LO", "Value": ["described anew"]}
+    written = land(gateway_archive.engine, changed, "orthanc-web", _now())
+    assert written == len(changed[0].instances)
+    after = _study_versions(gateway_archive)
+    assert after[changed_uid][0] > before[changed_uid][0]
+    assert after[changed_uid][1] > before[changed_uid][1]
+    assert {u: v for u, v in after.items() if u != changed_uid} == {
+        u: v for u, v in before.items() if u != changed_uid
+    }
+    assert _imaging_study(gateway_archive, changed_uid)["description"] == "described anew"

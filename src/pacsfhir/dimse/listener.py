@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources (PS3.4 B.2.3)
 CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand
-MAX_ASSOCIATIONS = 16
+MAX_ASSOCIATIONS = 16  # the default of the dimse_max_associations setting
 MAX_PDU = 256 * 1024  # the largest P-DATA PDU we ask peers to send (0 would be unbounded)
 STOP_GRACE_SECONDS = 5.0
 # Every transfer syntax pydicom knows: the data set is kept as received, so none needs

@@ -158,7 +158,7 @@ instance = Table(
     Column("sha256", String(64), nullable=False),
     Column("stored_at", BigInteger, nullable=False),
     # the upstream PACS holding an instance known here only from its answers (blob "",
-    # size 0, sha256 ""); None: the instance is stored here
+    # size 0, sha256 the digest of the answer); None: the instance is stored here
     Column("upstream", String(64), nullable=True),
 )
 

@@ -38,8 +38,9 @@ WRITE_LOCK_WAIT_MS = 30_000  # a writer waits this long for another's batch, the
 
 @dataclass(frozen=True)
 class IndexRecord:
-    """An instance to index: stored here (``blob``), or known from an upstream's answer
-    only (``upstream`` named, ``blob`` "", size 0, sha256 "": a remote placeholder)."""
+    """An instance to index: stored here (``blob``, and the file's ``sha256``), or known
+    from an upstream's answer only (``upstream`` named, ``blob`` "", size 0, ``sha256``
+    the answer's digest: a remote placeholder)."""
 
     attributes: InstanceAttributes
     blob: str

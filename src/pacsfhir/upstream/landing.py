@@ -6,11 +6,16 @@ Rules: an instance stored here is never replaced by a placeholder (the local cop
 served first); a placeholder is refreshed by each landing of its study and removed when
 the upstream no longer lists it; a stored copy arriving later (STOW-RS, C-STORE, a
 retrieve) replaces its placeholder. Study and series attributes take the newest values,
-whichever source gave them (the writer's rule).
+whichever source gave them (the writer's rule). A placeholder keeps, as its sha256, the
+digest of the answer it was made from: landing an answer unchanged since the last time
+writes nothing, so a study the upstream has not changed keeps its version and
+lastUpdated however often its cache is refreshed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 
@@ -20,6 +25,7 @@ from sqlalchemy import Engine
 from pacsfhir.dicom.reader import attributes_from_dataset
 from pacsfhir.errors import RejectedInstance
 from pacsfhir.index.writer import (
+    ExistingInstance,
     IndexRecord,
     drop_placeholders,
     existing_instances,
@@ -36,17 +42,25 @@ def _dataset(answer: dict[str, object]) -> Dataset:
     return Dataset.from_json(answer)
 
 
+def answer_digest(*levels: dict[str, object] | None) -> str:
+    """SHA-256 of the study, series and instance answers one placeholder is made from."""
+    canonical = json.dumps(levels, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
     """A placeholder record per instance of ``answer`` whose attributes can be read (one
     without SOP Class UID, or whose parents are missing, is left out and logged). Each
     level's JSON is read once."""
     study = _dataset(answer.study)
-    series_by_uid = {uid_of(s, Level.SERIES): _dataset(s) for s in answer.series}
+    series_answers = {uid_of(s, Level.SERIES): s for s in answer.series}
+    series_by_uid = {uid: _dataset(s) for uid, s in series_answers.items()}
     records = []
     for instance in answer.instances:
         merged = Dataset()
         merged.update(study)
-        series = series_by_uid.get(uid_of(instance, Level.SERIES))
+        series_uid = uid_of(instance, Level.SERIES)
+        series = series_by_uid.get(series_uid)
         if series is not None:
             merged.update(series)
         merged.update(_dataset(instance))
@@ -56,26 +70,31 @@ def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
         except (RejectedInstance, ValueError, TypeError) as exc:
             log.warning("an instance %s answered is left out: %s", upstream, exc)
             continue
-        records.append(IndexRecord(attributes, "", 0, "", upstream=upstream))
+        digest = answer_digest(answer.study, series_answers.get(series_uid), instance)
+        records.append(IndexRecord(attributes, "", 0, digest, upstream=upstream))
     return records
+
+
+def _changes(record: IndexRecord, known: ExistingInstance | None) -> bool:
+    """Whether writing ``record`` would change the index: never over a stored copy, nor
+    over a placeholder made from the same answer."""
+    if known is None:
+        return True
+    return not known.blob and known.sha256 != record.sha256
 
 
 def land(
     engine: Engine, answers: Sequence[StudyAnswer], upstream: str, now: int, timezone: str = ""
 ) -> int:
     """Write ``answers`` into the index (one transaction, under the write lock); how
-    many placeholders were written."""
+    many placeholders were written (new or changed)."""
     written = 0
     with engine.begin() as conn:
         lock_index(conn)
         for answer in answers:
             records = records_of(answer, upstream)
             known = existing_instances(conn, [r.attributes.sop_uid for r in records])
-            fresh = [
-                r
-                for r in records
-                if not (r.attributes.sop_uid in known and known[r.attributes.sop_uid].blob)
-            ]
+            fresh = [r for r in records if _changes(r, known.get(r.attributes.sop_uid))]
             write_instances(conn, fresh, now, timezone)
             listed = {r.attributes.sop_uid for r in records}
             drop_placeholders(conn, uid_of(answer.study, Level.STUDY), listed, now)
