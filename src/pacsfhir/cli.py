@@ -380,6 +380,28 @@ def _listener(archive: Any, settings: Settings) -> Iterator[Any]:
         listener.stop()
 
 
+@app.command("nginx-config")
+def nginx_config_command(
+    config: ConfigOpt = None,
+    listen: Annotated[
+        str, typer.Option("--listen", help="nginx's listen directive (port, address:port)")
+    ] = "80",
+) -> None:
+    """Print an nginx server block for pacsfhir with relay_offload=x-accel: everything
+    forwarded to pacsfhir, and retrieves from each DICOMweb upstream streamed by nginx
+    (docs/deploy.md). It holds the offload key and the upstreams' credentials: keep it as
+    private as pacsfhir's own configuration."""
+    from pacsfhir.api.offload import nginx_config
+
+    settings = _settings(config=config)
+    try:
+        text = nginx_config(settings, listen)
+    except ConfigurationError as exc:
+        console.print(f"[red]cannot write the nginx configuration:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+    sys.stdout.write(text)
+
+
 @app.command("serve")
 def serve_command(
     data: DataOpt = None,

@@ -213,6 +213,24 @@ SETTINGS: tuple[Setting, ...] = (
         16,
         "Associations the C-STORE listener serves at once; more are rejected (transient)",
     ),
+    Setting(
+        "relay_offload",
+        str,
+        "",
+        "x-accel: a reverse proxy (nginx) streams retrieves from a DICOMweb upstream itself",
+    ),
+    Setting(
+        "relay_offload_prefix",
+        str,
+        "/_pacsfhir_upstream/",
+        "The proxy's internal location per upstream: {prefix}{upstream name}/studies/...",
+    ),
+    Setting(
+        "relay_offload_key",
+        str,
+        "",
+        "Secret the proxy sends as X-Pacsfhir-Offload to take a transfer over (16+ chars)",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -266,6 +284,9 @@ class Settings:
     ae_title: str = "PACSFHIR"
     dimse_host: str = ""
     dimse_max_associations: int = 16
+    relay_offload: str = ""
+    relay_offload_prefix: str = "/_pacsfhir_upstream/"
+    relay_offload_key: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -385,6 +406,20 @@ def load_settings(
         raise ConfigurationError(f"ae_title {values['ae_title']!r}: {problem}")
     if not 0 <= values["dimse_port"] <= 65535:
         raise ConfigurationError(f"dimse_port must be 0 (off) to 65535, not {values['dimse_port']}")
+    if values["relay_offload"] not in ("", "x-accel"):
+        raise ConfigurationError(
+            f"relay_offload must be empty (off) or x-accel, not {values['relay_offload']!r}"
+        )
+    prefix = values["relay_offload_prefix"]
+    if not (prefix.startswith("/") and prefix.endswith("/")) or "?" in prefix or "#" in prefix:
+        raise ConfigurationError(
+            f"relay_offload_prefix must be a path beginning and ending with /, not {prefix!r}"
+        )
+    if values["relay_offload"] and len(values["relay_offload_key"]) < 16:
+        raise ConfigurationError(
+            "relay_offload is set: set relay_offload_key (PACSFHIR_RELAY_OFFLOAD_KEY) to a "
+            "secret of 16 characters or more, which the proxy sends as X-Pacsfhir-Offload"
+        )
     if not 1 <= values["dimse_max_associations"] <= 1000:
         raise ConfigurationError(
             f"dimse_max_associations must be 1 to 1000, not {values['dimse_max_associations']}"

@@ -226,20 +226,7 @@ def test_instances_reported_stored_survive_kill_9_of_pacsfhir_listen(
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     sources = write_series(tmp_path / "crash", 400, PatientID="CRASHDIMSE")
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PACSFHIR_")},
-        "PACSFHIR_DATA": archive.settings.data,
-        "PACSFHIR_DATABASE_URL": archive.settings.index_url,
-        "PACSFHIR_DIMSE_PORT": str(port),
-        "PACSFHIR_AE_TITLE": AE_TITLE,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pacsfhir", "listen"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = _pacsfhir_listen(archive, port)
     acknowledged: set[str] = set()
     try:
         _wait_listening(process, port)
@@ -287,6 +274,26 @@ def _wait_http(process: subprocess.Popen[bytes], url: str) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("pacsfhir serve did not start")
+
+
+def _pacsfhir_listen(archive: Archive, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """``pacsfhir listen`` over ``archive`` on ``port`` (its own process group), with
+    further PACSFHIR_* ``settings``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PACSFHIR_")},
+        "PACSFHIR_DATA": archive.settings.data,
+        "PACSFHIR_DATABASE_URL": archive.settings.index_url,
+        "PACSFHIR_DIMSE_PORT": str(port),
+        "PACSFHIR_AE_TITLE": AE_TITLE,
+        **settings,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pacsfhir", "listen"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
@@ -376,21 +383,7 @@ def test_associations_past_the_setting_are_rejected_as_transient(
     from pynetdicom import AE
 
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PACSFHIR_")},
-        "PACSFHIR_DATA": archive.settings.data,
-        "PACSFHIR_DATABASE_URL": archive.settings.index_url,
-        "PACSFHIR_DIMSE_PORT": str(port),
-        "PACSFHIR_AE_TITLE": AE_TITLE,
-        "PACSFHIR_DIMSE_MAX_ASSOCIATIONS": "1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pacsfhir", "listen"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = _pacsfhir_listen(archive, port, PACSFHIR_DIMSE_MAX_ASSOCIATIONS="1")
     try:
         _wait_listening(process, port)
         with associated(port, AE_TITLE) as first:

@@ -8,14 +8,13 @@ When the excerpts in scripts/data/ move to another edition, check them again at 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.support.scripts import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_MODULE = ROOT / "src" / "pacsfhir" / "vocabulary" / "body_part_table.py"
@@ -24,19 +23,8 @@ BODY_PART_DATA = ROOT / "scripts" / "data" / "dicom_ps3.16_table_L-1.xml"
 XHTML = "{http://www.w3.org/1999/xhtml}"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    """Import a file by path, so the test needs neither an installed package nor scripts/."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-table = _load("_pacsfhir_body_part_table_under_test", TABLE_MODULE)
-generator = _load("_generate_body_part_table_under_test", GENERATOR)
+table = load_file("_pacsfhir_body_part_table_under_test", TABLE_MODULE)
+generator = load_file("_generate_body_part_table_under_test", GENERATOR)
 
 
 @pytest.mark.parametrize(

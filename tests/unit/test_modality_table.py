@@ -5,31 +5,19 @@ Modality value (what ``vocabulary.codes`` looked up there before the table repla
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from pacsfhir.vocabulary import codes, modality_table
+from tests.support.scripts import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "scripts" / "generate_modality_table.py"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-generator = _load("_generate_modality_table_under_test", GENERATOR)
+generator = load_file("_generate_modality_table_under_test", GENERATOR)
 
 
 def test_generated_module_is_up_to_date() -> None:

@@ -150,3 +150,17 @@ def test_a_wrong_upstream_stops_the_start(tmp_path: Path) -> None:
     config.write_text('[[upstream]]\nname = "x"\nurl = "gopher://pacs"\n')
     with pytest.raises(ConfigurationError, match="upstream 'x'"):
         load_settings({"config": str(config)}, {})
+
+
+@pytest.mark.parametrize(
+    ("credentials", "header"),
+    [
+        (Credentials(), ""),
+        # RFC 7617 section 2's example, and a UTF-8 password (section 2.1's charset)
+        (Credentials("basic", "Aladdin", "open sesame"), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
+        (Credentials("basic", "test", "123\u00a3"), "Basic dGVzdDoxMjPCow=="),
+        (Credentials("bearer", token="abc.def"), "Bearer abc.def"),
+    ],
+)
+def test_authorization_header(credentials: Credentials, header: str) -> None:
+    assert credentials.authorization == header

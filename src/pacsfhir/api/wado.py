@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from pacsfhir.api.context import context_of
+from pacsfhir.api.offload import offloaded, offloads
 from pacsfhir.api.streaming import in_batches
 from pacsfhir.api.wado_common import (
     INSTANCE,
@@ -150,11 +151,15 @@ def _retrieve_uids(
     request: Request, single_ok: bool, study: str, series: str | None = None, sop: str | None = None
 ) -> Response:
     """A DICOM retrieve: streamed through from an upstream that holds all of it (the
-    gateway), else from the store's files."""
+    gateway; or left to the proxy in front, ``api.offload``), else from the store's
+    files."""
     check_uids(study, series, sop)
     context = context_of(request)
-    passed = context.store.pass_through(context.scope, accept_text(request), study, series, sop)
-    if passed is not None:
+    relay = context.store.pass_through(context.scope, study, series, sop)
+    if relay is not None:
+        if offloads(request, context.settings):
+            return offloaded(relay, context.settings)
+        passed = relay.open(accept_text(request))
         return StreamingResponse(
             in_batches(passed.body), status_code=passed.status, media_type=passed.content_type
         )

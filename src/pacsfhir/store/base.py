@@ -13,7 +13,7 @@ DICOM keyword, ``StudyRows``), never connections or SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,6 +64,18 @@ class PassedThrough:
     status: int
     content_type: str
     body: Iterator[bytes | memoryview]
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A retrieve that the upstream ``upstream`` answers whole, at ``path`` under its base
+    URL (``/studies/{uid}[/series/{uid}[/instances/{uid}]]``): ``open(accept)`` asks it
+    with the client's Accept and passes the answer on as it arrives (``api.wado`` may
+    instead leave the transfer to the reverse proxy in front: ``api.offload``)."""
+
+    upstream: str
+    path: str
+    open: Callable[[str], PassedThrough]
 
 
 @dataclass(frozen=True)
@@ -140,14 +152,12 @@ class Store(Protocol):
     def pass_through(
         self,
         scope: Scope,
-        accept: str,
         study_uid: str,
         series_uid: str | None = None,
         sop_uid: str | None = None,
-    ) -> PassedThrough | None:
-        """A DICOM retrieve (``Accept`` as the client sent it) answered by the upstream
-        that holds every instance it names, streamed straight through; None when the
-        store answers it itself."""
+    ) -> Relay | None:
+        """A DICOM retrieve answered by the upstream that holds every instance it names,
+        streamed straight through; None when the store answers it itself."""
         ...
 
     def instance_path(self, stored: StoredInstance) -> str:

@@ -48,6 +48,7 @@ from pacsfhir.search.qido import Match, QidoQuery, ValueMatch
 from pacsfhir.store.base import (
     PassedThrough,
     QidoAnswer,
+    Relay,
     StoredInstance,
     StudyPage,
 )
@@ -290,11 +291,10 @@ class GatewayStore(LocalStore):
     def pass_through(
         self,
         scope: Scope,
-        accept: str,
         study_uid: str,
         series_uid: str | None = None,
         sop_uid: str | None = None,
-    ) -> PassedThrough | None:
+    ) -> Relay | None:
         """Streamed from a DICOMweb upstream when it holds every instance asked for and
         none is here: nothing buffered, nothing stored (a later request for frames,
         metadata or renderings retrieves the study into the archive)."""
@@ -311,7 +311,7 @@ class GatewayStore(LocalStore):
             path += f"/series/{series_uid}"
             if sop_uid is not None:
                 path += f"/instances/{sop_uid}"
-        return _passed_through(client, path, accept)
+        return Relay(name or "", path, lambda accept: _passed_through(client, path, accept))
 
     def instance_path(self, stored: StoredInstance) -> str:
         if not stored.blob:  # instances() retrieves before any path is asked for

@@ -33,7 +33,7 @@ from pacsfhir.mapping.patient import linked_patient
 from pacsfhir.mapping.patient import patient as derived_patient
 from pacsfhir.search.model import SearchRequest
 from pacsfhir.search.qido import QidoQuery
-from pacsfhir.store.base import Failure, PassedThrough, QidoAnswer, StoreOutcome, StudyPage
+from pacsfhir.store.base import Failure, QidoAnswer, Relay, StoreOutcome, StudyPage
 from pacsfhir.vocabulary.levels import Level
 from pacsfhir.vocabulary.records import IdentityKey
 
@@ -169,11 +169,10 @@ class LocalStore:
     def pass_through(
         self,
         scope: Scope,
-        accept: str,
         study_uid: str,
         series_uid: str | None = None,
         sop_uid: str | None = None,
-    ) -> PassedThrough | None:
+    ) -> Relay | None:
         return None  # everything is here
 
     def instance_path(self, stored: StoredInstance) -> str:

@@ -15,6 +15,7 @@ Anything wrong is a ``ConfigurationError`` naming the upstream and the field, at
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,6 +51,17 @@ class Credentials:
 
     def __repr__(self) -> str:  # never a secret in a log or a traceback
         return f"Credentials({self.kind})"
+
+    @property
+    def authorization(self) -> str:
+        """The Authorization header value that presents them ("" for none): HTTP basic
+        as RFC 7617 writes it (UTF-8), or a bearer token."""
+        if self.kind == "basic":
+            pair = f"{self.username}:{self.password}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        if self.kind == "bearer":
+            return f"Bearer {self.token}"
+        return ""
 
 
 @dataclass(frozen=True)

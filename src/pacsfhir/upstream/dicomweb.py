@@ -7,7 +7,6 @@ timeout likewise. Credentials never reach the log.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import httpx
 from pacsfhir import __version__
 from pacsfhir.search.qido import QidoQuery
 from pacsfhir.upstream.bulk_get import BulkGetError, bulk_get
-from pacsfhir.upstream.config import Credentials, DicomwebUpstream
+from pacsfhir.upstream.config import DicomwebUpstream
 from pacsfhir.upstream.errors import UpstreamError
 from pacsfhir.upstream.query import UNIQUE_TAGS, qido_path, qido_requests
 
@@ -33,17 +32,10 @@ USER_AGENT = f"pacsfhir/{__version__}"
 class DicomwebUpstreamClient:
     def __init__(self, upstream: DicomwebUpstream) -> None:
         self.upstream = upstream
-        credentials = upstream.credentials
-        auth: httpx.Auth | None = None
-        headers = {"Accept": DICOM_JSON}
-        if credentials.kind == "basic":
-            auth = httpx.BasicAuth(credentials.username, credentials.password)
-        elif credentials.kind == "bearer":
-            headers["Authorization"] = f"Bearer {credentials.token}"
-        self._authorization = _authorization_header(credentials)
+        authorization = upstream.credentials.authorization
+        self._authorization = [("Authorization", authorization)] if authorization else []
         self._client = httpx.Client(
-            auth=auth,
-            headers=headers,
+            headers={"Accept": DICOM_JSON, **dict(self._authorization)},
             timeout=upstream.timeout,
             follow_redirects=False,
             trust_env=False,
@@ -157,15 +149,6 @@ def query_string(params: Sequence[tuple[str, str]]) -> str:
     ``%2A``, ``%5E`` or ``%5C`` in a value, so an escaped wildcard, person name or list
     matches nothing there)."""
     return "&".join(f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}" for k, v in params)
-
-
-def _authorization_header(credentials: Credentials) -> list[tuple[str, str]]:
-    if credentials.kind == "basic":  # RFC 7617, as httpx.BasicAuth writes it
-        pair = f"{credentials.username}:{credentials.password}".encode()
-        return [("Authorization", "Basic " + base64.b64encode(pair).decode("ascii"))]
-    if credentials.kind == "bearer":
-        return [("Authorization", f"Bearer {credentials.token}")]
-    return []
 
 
 def _reason(response: httpx.Response) -> str:
