@@ -4,6 +4,7 @@ and calls the rest."""
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from rich.table import Table
 from pacsfhir.dicom.prepare import ParallelPreparer, count_files, files_ahead
 from pacsfhir.dicom.storage import ORPHAN_GRACE_SECONDS, STAGING_GRACE_SECONDS, BlobStore
 from pacsfhir.errors import ConfigurationError
-from pacsfhir.settings import Settings, load_settings
+from pacsfhir.settings import Settings, load_settings, settings_environment
 
 if TYPE_CHECKING:
     # Not at run time: the index layer (SQLAlchemy) is imported once the ingest workers
@@ -46,6 +47,10 @@ DimsePortOpt = Annotated[
 ]
 AeTitleOpt = Annotated[
     str | None, typer.Option("--ae-title", help="Our DICOM AE title (PACSFHIR_AE_TITLE)")
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="HTTP worker processes, 0: one per core (PACSFHIR_WORKERS)"),
 ]
 DimseHostOpt = Annotated[
     str | None,
@@ -310,16 +315,34 @@ def serve(settings: Settings) -> None:
     # "pacsfhir.access", route templates only) take their place, through uvicorn's handler.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["pacsfhir"] = {"handlers": ["default"], "level": "INFO"}
+    workers = settings.workers or os.cpu_count() or 1
     try:
         with _listener(archive, settings) as listener:
-            uvicorn.run(
-                asgi_app if listener is None else _stopping_first(asgi_app, listener.stop),
-                host=settings.host,
-                port=settings.port,
-                log_level="info",
-                log_config=log_config,
-                access_log=False,
-            )
+            if workers == 1:
+                uvicorn.run(
+                    asgi_app if listener is None else _stopping_first(asgi_app, listener.stop),
+                    host=settings.host,
+                    port=settings.port,
+                    log_level="info",
+                    log_config=log_config,
+                    access_log=False,
+                )
+            else:
+                # Each worker builds the app from the environment (uvicorn starts them
+                # afresh): the settings resolved here, flags and config file included, go
+                # there. The index is migrated and the listener runs here, once; uvicorn's
+                # supervisor restarts a worker that dies, and returns on SIGTERM.
+                os.environ.update(settings_environment(settings))
+                uvicorn.run(
+                    "pacsfhir.api.app:app_from_env",
+                    factory=True,
+                    workers=workers,
+                    host=settings.host,
+                    port=settings.port,
+                    log_level="info",
+                    log_config=log_config,
+                    access_log=False,
+                )
     finally:
         archive.close()
 
@@ -413,6 +436,7 @@ def serve_command(
     dimse_port: DimsePortOpt = None,
     ae_title: AeTitleOpt = None,
     dimse_host: DimseHostOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Serve FHIR R4 over the archive (and the C-STORE listener when --dimse-port is set)."""
     serve(
@@ -426,6 +450,7 @@ def serve_command(
             dimse_port=dimse_port,
             ae_title=ae_title,
             dimse_host=dimse_host,
+            workers=workers,
         )
     )
 

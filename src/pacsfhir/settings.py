@@ -231,6 +231,12 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Secret the proxy sends as X-Pacsfhir-Offload to take a transfer over (16+ chars)",
     ),
+    Setting(
+        "workers",
+        int,
+        1,
+        "HTTP worker processes of pacsfhir serve, sharing the index; 0 = one per core",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -287,6 +293,7 @@ class Settings:
     relay_offload: str = ""
     relay_offload_prefix: str = "/_pacsfhir_upstream/"
     relay_offload_key: str = ""
+    workers: int = 1
 
     @property
     def data_dir(self) -> Path:
@@ -350,6 +357,12 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Every setting as the PACSFHIR_* environment variable that gives it its value, so
+    that a process started with them resolves the same settings."""
+    return {s.env: str(getattr(settings, s.name)) for s in SETTINGS if s.name != "config"}
 
 
 def _coerce(setting: Setting, raw: Any, source: str) -> Any:
@@ -420,6 +433,8 @@ def load_settings(
             "relay_offload is set: set relay_offload_key (PACSFHIR_RELAY_OFFLOAD_KEY) to a "
             "secret of 16 characters or more, which the proxy sends as X-Pacsfhir-Offload"
         )
+    if not 0 <= values["workers"] <= 64:
+        raise ConfigurationError(f"workers must be 0 (one per core) to 64, not {values['workers']}")
     if not 1 <= values["dimse_max_associations"] <= 1000:
         raise ConfigurationError(
             f"dimse_max_associations must be 1 to 1000, not {values['dimse_max_associations']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ def write_variant(
     sop_uid: str | None = None,
     **attributes: Any,
 ) -> Dataset:
-    """Write ``template`` with new UIDs (or those given) and the given attributes."""
-    ds = template.copy()
+    """Write ``template`` with new UIDs (or those given) and the given attributes; the
+    dataset returned is the file's own (a deep copy: a shallow one shares the template's
+    elements, so the next variant written would change it)."""
+    ds = copy.deepcopy(template)
     with warnings.catch_warnings():  # hostile variants carry invalid values on purpose
         warnings.simplefilter("ignore")
         ds.StudyInstanceUID = study_uid or generate_uid()
