@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import warnings
 from collections.abc import Iterator
 from functools import cache
 from io import BytesIO
@@ -178,7 +179,9 @@ def pixel_syntax(wanted: str, asked: str | None, stored: str) -> tuple[str, str]
 
 def pixel_options(source: PixelDataFile) -> dict[str, Any]:
     """pydicom's decoding options for one frame of the source."""
-    options: dict[str, Any] = as_pixel_options(source.header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        options: dict[str, Any] = as_pixel_options(source.header)
     options["number_of_frames"] = 1
     options["pixel_keyword"] = _PIXEL_KEYWORDS.get(source.pixel_tag or _PIXEL, "PixelData")
     options.pop("extended_offsets", None)
@@ -202,7 +205,9 @@ def decode(
     options["transfer_syntax_uid"] = UID(syntax)
     options["as_rgb"] = True
     try:
-        array, meta = get_decoder(UID(syntax)).as_array(src, **options)
+        with warnings.catch_warnings():  # files are served as stored, oddities and all
+            warnings.simplefilter("ignore")
+            array, meta = get_decoder(UID(syntax)).as_array(src, **options)
     except NotImplementedError as exc:
         raise TranscodeError(f"no decoder for transfer syntax {syntax}") from exc
     except (RuntimeError, ValueError, AttributeError, KeyError, TypeError) as exc:
@@ -226,10 +231,12 @@ def _encode(array: np.ndarray, meta: dict[str, Any], target: str) -> bytes:
     if target == JPEG_2000_LOSSLESS:
         options["use_mct"] = False  # the pixels stay RGB, as the header says
     try:
-        data: bytes = get_encoder(UID(target)).encode(array, **options)
-    except (RuntimeError, ValueError, TypeError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = get_encoder(UID(target)).encode(array, **options)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise TranscodeError(f"cannot encode in {target}: {exc}") from exc
-    return data
+    return bytes(data)  # pyjpegls answers a bytearray, which a response cannot send
 
 
 def frame_chunks(source: PixelDataFile, index: int, target: str) -> Iterator[bytes]:
@@ -251,6 +258,12 @@ def frame_chunks(source: PixelDataFile, index: int, target: str) -> Iterator[byt
 def _header_bytes(source: PixelDataFile, target: str, meta: dict[str, Any] | None) -> bytes:
     """The stored header (everything before Pixel Data) written in Explicit VR Little
     Endian for ``target``, with the image pixel description of decoded pixels."""
+    with warnings.catch_warnings():  # values are written as stored, oddities and all
+        warnings.simplefilter("ignore")
+        return _rewritten(source, target, meta)
+
+
+def _rewritten(source: PixelDataFile, target: str, meta: dict[str, Any] | None) -> bytes:
     header = source.header
     for element in list(header):  # deferred values are read now, from the open file
         with contextlib.suppress(Exception):
@@ -264,7 +277,12 @@ def _header_bytes(source: PixelDataFile, target: str, meta: dict[str, Any] | Non
             header.PlanarConfiguration = 0
     header.file_meta.TransferSyntaxUID = UID(target)
     out = BytesIO()
-    pydicom.dcmwrite(out, header, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    try:
+        pydicom.dcmwrite(
+            out, header, implicit_vr=False, little_endian=True, enforce_file_format=True
+        )
+    except (TypeError, ValueError, OverflowError, struct.error) as exc:
+        raise TranscodeError(f"the header cannot be written in {target}: {exc}") from exc
     return out.getvalue()
 
 
@@ -319,10 +337,12 @@ def instance_chunks(source: PixelDataFile, target: str) -> Iterator[bytes]:
             if length % 2:
                 yield b"\0"
             return
+        encoded = _encode(first, meta, target)  # before any byte: a failure is a 406
+        del first
         yield _header_bytes(source, target, meta)
         yield _element_head(_PIXEL, "OB", 0xFFFFFFFF) + _ITEM + struct.pack("<I", 0)
-        yield from _item(_encode(first, meta, target))
-        del first
+        yield from _item(encoded)
+        del encoded
         for index in range(1, count):
             yield from _item(_encode(*decode(source, index, options), target))
         yield _SEQUENCE_END
