@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +94,16 @@ def measure(
     (VmHWM, reset first) and sampled RSS over all of them."""
     sampler = TreeSampler(pid, interval=0.05).start() if pid else None
     reset = _reset_peak_rss(pid) if pid else False
+    if sampler is not None:
+        time.sleep(0.2)  # a few idle samples first
     status, size, _ = curl_get(url, accept)
     timed = [curl_get(url, accept) for _ in range(runs)] if status == 200 else []
     result: dict[str, Any] = {"accept": accept, "status": status, "bytes": size}
     if sampler is not None:
         sampler.stop()
         result["memory"] = sampler.summary()
+        if sampler.samples:
+            result["idle_rss_mb"] = round(sampler.samples[0].rss / 1_048_576, 1)
         hwm = _peak_rss(pid) if pid else None
         if hwm is not None and reset:
             result["peak_rss_hwm_mb"] = round(hwm / 1_048_576, 1)
@@ -169,9 +174,18 @@ def report(results: dict[str, Any]) -> str:
                 ours.get("frames_per_s", ours.get("error")),
                 theirs.get("frames_per_s", theirs.get("error", "-")),
                 ours.get("peak_rss_hwm_mb", (ours.get("memory") or {}).get("peak_tree_rss_mb")),
+                ours.get("idle_rss_mb"),
             ]
         )
-    header = ["instance", "frames", "decoded MB", "pacsfhir fps", "Orthanc fps", "pacsfhir RSS MB"]
+    header = [
+        "instance",
+        "frames",
+        "decoded MB",
+        "pacsfhir fps",
+        "Orthanc fps",
+        "pacsfhir RSS MB",
+        "idle RSS MB",
+    ]
     return table("WADO-RS frames, uncompressed (Explicit VR Little Endian)", header, rows)
 
 
