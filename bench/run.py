@@ -26,6 +26,7 @@ from bench import gateway as gateway_mod
 from bench import hostile as hostile_mod
 from bench import ingest as ingest_mod
 from bench import search as search_mod
+from bench import transcode as transcode_mod
 from bench.common import (
     DEFAULT_CACHE,
     DEFAULT_POSTGRES_URL,
@@ -68,7 +69,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["ingest", "search", "dicomweb", "hostile", "auth", "cstore", "gateway"],
+        choices=[
+            "ingest",
+            "search",
+            "dicomweb",
+            "hostile",
+            "auth",
+            "cstore",
+            "gateway",
+            "transcode",
+        ],
         help="run one part only",
     )
     parser.add_argument(
@@ -377,6 +387,8 @@ def report(results: dict[str, Any]) -> str:
         parts.append(cstore_mod.report(results["cstore"]))
     if results.get("gateway"):
         parts.append(gateway_mod.report(results["gateway"]))
+    if "transcode" in results:
+        parts.append(transcode_mod.report(results["transcode"]))
     parts.append(targets_text(results))
     return "\n\n".join(parts)
 
@@ -700,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.only in (None, "gateway") and not args.no_orthanc:
             results["gateway"] = gateway_mod.run(workdir, big_mb=args.gateway_mb)
+        if args.only in (None, "transcode"):
+            results["transcode"] = transcode_mod.run(workdir, with_orthanc=not args.no_orthanc)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["targets"] = evaluate(results)
     if "hostile" in results:

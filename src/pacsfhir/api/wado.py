@@ -4,9 +4,11 @@ images and thumbnails are ``api.rendered``; what both share is ``api.wado_common
 Handlers take their scope from the request context (``api.context``): under a patient's
 ``$wado-rs`` base anything of another patient is 404.
 
-DICOM instances, frames and bulk data stream from disk as ``multipart/related``; no
-transcoding: a stored transfer syntax is served as is when the Accept allows it (no
-``transfer-syntax`` parameter, ``*``, or the stored one), else 406.
+DICOM instances, frames and bulk data stream from disk as ``multipart/related``, each
+part with its Content-Location (PS3.18 10.4.3.3.5). ``transfer-syntax=*`` (or the
+stored syntax) is the stored bytes, read straight from the file; another syntax, or
+none where PS3.18 sets Explicit VR Little Endian as the default, is
+``dicom.transcode``'s, one frame at a time; what cannot be had is 406.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pacsfhir.api.wado_common import (
     path_of,
     route_each_level,
 )
+from pacsfhir.dicom import transcode
 from pacsfhir.dicom.frames import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
@@ -48,6 +51,7 @@ from pacsfhir.dicom.frames import (
 )
 from pacsfhir.dicom.metadata import BULK_PLACEHOLDER
 from pacsfhir.dicom.multipart import MediaRange, Part, media_matches
+from pacsfhir.dicom.transcode import TranscodeError
 from pacsfhir.errors import NotAcceptable, NotFound, PacsFhirError
 from pacsfhir.store.base import StoredInstance
 
@@ -83,10 +87,6 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 # -- instances (application/dicom) -------------------------------------------------------
 
 
-def _transfer_syntax_ok(wanted: str | None, stored: str) -> bool:
-    return wanted in (None, "*", stored)
-
-
 def _dicom_ranges(ranges: list[MediaRange]) -> list[MediaRange]:
     """The ranges asking for multipart application/dicom (``*/*`` meaning the default)."""
     chosen = []
@@ -98,52 +98,88 @@ def _dicom_ranges(ranges: list[MediaRange]) -> list[MediaRange]:
     return chosen
 
 
+def _instance_syntax(ranges: list[MediaRange], stored: str) -> str | None:
+    """The syntax the first range that can have the instance gets it in."""
+    for r in ranges:
+        served = transcode.instance_syntax(r.transfer_syntax, stored)
+        if served is not None:
+            return served
+    return None
+
+
+def primed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` with its first chunk made now, so that a source that cannot be
+    transcoded is a 406 before the response starts, not a broken body."""
+    try:
+        first = next(chunks, b"")
+    except TranscodeError as exc:
+        raise NotAcceptable(f"cannot be served in the syntax asked: {exc}") from exc
+    except Missing as exc:
+        raise NotFound(str(exc)) from exc
+
+    def rest() -> Iterator[bytes]:
+        try:
+            yield first
+            yield from chunks
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    return rest()
+
+
+def _transcoded(request: Request, stored: StoredInstance, syntax: str) -> Iterator[bytes]:
+    """The instance in ``syntax``, its file opened only when the part is reached."""
+    yield from transcode.instance_chunks(open_pixels(request, stored), syntax)
+
+
+def _stored_size(request: Request, stored: StoredInstance) -> int:
+    try:
+        return os.path.getsize(path_of(request, stored))
+    except OSError as exc:
+        raise PacsFhirError(f"stored file of {stored.sop_uid} is missing") from exc
+
+
 def _retrieve(request: Request, instances: list[StoredInstance], single_ok: bool) -> Response:
     ranges = accept_ranges(request)
     if single_ok and ranges and ranges[0].media_type == DICOM:
         only = instances[0]
-        if _transfer_syntax_ok(ranges[0].transfer_syntax, only.transfer_syntax_uid):
-            path = path_of(request, only)
+        served = _instance_syntax(ranges[:1], only.transfer_syntax_uid)
+        media_type = f"{DICOM}; transfer-syntax={served}"
+        if served == only.transfer_syntax_uid:
             return StreamingResponse(
-                in_batches(_file_chunks(path)),
-                media_type=f"{DICOM}; transfer-syntax={only.transfer_syntax_uid}",
-                headers={"Content-Length": str(os.path.getsize(path))},
+                in_batches(_file_chunks(path_of(request, only))),
+                media_type=media_type,
+                headers={"Content-Length": str(_stored_size(request, only))},
             )
+        if served is not None:
+            body = primed(_transcoded(request, only, served))
+            return StreamingResponse(in_batches(body), media_type=media_type)
     wanted = _dicom_ranges(ranges)
     if not wanted:
         raise NotAcceptable(
             f"Accept: {accept_text(request)} cannot be served; instances are served as "
             f'multipart/related; type="{DICOM}"'
         )
-    refused = sorted(
-        {
-            i.transfer_syntax_uid
-            for i in instances
-            if not any(
-                _transfer_syntax_ok(r.transfer_syntax, i.transfer_syntax_uid) for r in wanted
-            )
-        }
-    )
+    plans = [(i, _instance_syntax(wanted, i.transfer_syntax_uid)) for i in instances]
+    refused = sorted({i.transfer_syntax_uid for i, served in plans if served is None})
     if refused:
         raise NotAcceptable(
-            f"stored in transfer syntax {', '.join(refused)}; pacsfhir does not transcode: "
-            "ask for transfer-syntax=* or the stored one"
+            f"Accept: {accept_text(request)} cannot be served: stored in transfer syntax "
+            f"{', '.join(refused)}, which cannot be converted to the syntax asked"
         )
     parts = []
-    for stored in instances:
-        path = path_of(request, stored)
-        try:
-            size = os.path.getsize(path)
-        except OSError as exc:
-            raise PacsFhirError(f"stored file of {stored.sop_uid} is missing") from exc
-        parts.append(
-            Part(
-                f"{DICOM}; transfer-syntax={stored.transfer_syntax_uid}",
-                _file_chunks(path),
-                size,
-                _location(request, stored),
-            )
-        )
+    for stored, served in plans:
+        assert served is not None
+        content_type = f"{DICOM}; transfer-syntax={served}"
+        location = _location(request, stored)
+        if served == stored.transfer_syntax_uid:
+            path = path_of(request, stored)
+            size = _stored_size(request, stored)
+            parts.append(Part(content_type, _file_chunks(path), size, location))
+        else:
+            parts.append(Part(content_type, _transcoded(request, stored, served), None, location))
     return multipart_response(parts, DICOM)
 
 
@@ -219,15 +255,12 @@ route_each_level(router, "/metadata", "metadata", _metadata)
 class Choice:
     content_type: str  # of each part (or of the whole body when not multipart)
     multipart: bool
+    transfer_syntax: str  # of what is served (dicom.transcode.pixel_syntax)
 
 
 def _pixel_choice(ranges: list[MediaRange], transfer_syntax: str, single_ok: bool) -> Choice | None:
-    """How pixel data stored in ``transfer_syntax`` may be served under these ranges:
-    native as little-endian application/octet-stream; encapsulated as stored, in its own
-    media type (or application/octet-stream when transfer-syntax=* or the stored one)."""
-    native = is_native(transfer_syntax)
-    own = OCTET_STREAM if native else media_type_of(transfer_syntax)
-    served_syntax = EXPLICIT_VR_LITTLE_ENDIAN if native else transfer_syntax
+    """How pixel data stored in ``transfer_syntax`` is served under these ranges (the
+    first that can have it): ``dicom.transcode.pixel_syntax`` chooses the syntax."""
     for r in ranges:
         if r.media_type == "*/*":
             multi, wanted = True, "*/*"
@@ -237,11 +270,10 @@ def _pixel_choice(ranges: list[MediaRange], transfer_syntax: str, single_ok: boo
             multi, wanted = False, r.media_type
         else:
             continue
-        ts = r.transfer_syntax
-        if media_matches(wanted, own) and ts in (None, "*", served_syntax):
-            return Choice(f"{own}; transfer-syntax={served_syntax}", multi)
-        if wanted == OCTET_STREAM and ts in ("*", served_syntax):
-            return Choice(f"{OCTET_STREAM}; transfer-syntax={served_syntax}", multi)
+        served = transcode.pixel_syntax(wanted, r.transfer_syntax, transfer_syntax)
+        if served is not None:
+            syntax, media = served
+            return Choice(f"{media}; transfer-syntax={syntax}", multi, syntax)
     return None
 
 
@@ -249,16 +281,46 @@ def _refuse_pixels(request: Request, transfer_syntax: str) -> NotAcceptable:
     own = OCTET_STREAM if is_native(transfer_syntax) else media_type_of(transfer_syntax)
     return NotAcceptable(
         f"Accept: {accept_text(request)} cannot be served: this pixel data is stored in "
-        f"{transfer_syntax} and is served only as {own} (pacsfhir does not transcode)"
+        f"{transfer_syntax} ({own}) and cannot be converted to what is asked"
     )
 
 
+def _frame_location(request: Request, stored: StoredInstance, index: int) -> str:
+    return f"{_location(request, stored)}/frames/{index + 1}"
+
+
+def _bulk_location(request: Request, stored: StoredInstance, tag: int) -> str:
+    return f"{_location(request, stored)}/bulkdata/{tag:08X}"
+
+
+def _frame_part(
+    request: Request, stored: StoredInstance, source: PixelDataFile, index: int, choice: Choice
+) -> Part:
+    """Frame ``index``: the stored bytes (whose size is known) or transcoded ones."""
+    location = _frame_location(request, stored, index)
+    if choice.transfer_syntax == _read_syntax(source.transfer_syntax):
+        return Part(
+            choice.content_type, source.frame_chunks(index), source.frame_length(index), location
+        )
+    body = transcode.frame_chunks(source, index, choice.transfer_syntax)
+    return Part(choice.content_type, body, None, location)
+
+
+def _read_syntax(stored: str) -> str:
+    """The syntax a stored frame is read in (native ones little endian)."""
+    return EXPLICIT_VR_LITTLE_ENDIAN if is_native(stored) else stored
+
+
 def _frame_parts(
-    source: PixelDataFile, indexes: Sequence[int], content_type: str
+    request: Request,
+    stored: StoredInstance,
+    source: PixelDataFile,
+    indexes: Sequence[int],
+    choice: Choice,
 ) -> Iterator[Part]:
     try:
         for index in indexes:
-            yield Part(content_type, source.frame_chunks(index), source.frame_length(index))
+            yield _frame_part(request, stored, source, index, choice)
     finally:
         source.close()
 
@@ -280,10 +342,12 @@ def _pixel_parts(request: Request, instances: list[StoredInstance]) -> Response:
                 source.close()
                 continue
             if is_video(source.transfer_syntax):
-                yield Part(choice.content_type, _closing(source, source.all_fragments()))
+                location = _bulk_location(request, stored, source.pixel_tag or 0x7FE00010)
+                body = _closing(source, source.all_fragments())
+                yield Part(choice.content_type, body, location=location)
                 continue
             count = source.frame_count()
-            yield from _frame_parts(source, range(count), choice.content_type)
+            yield from _frame_parts(request, stored, source, range(count), choice)
 
     return multipart_response(parts(), plans[0][1].content_type.split(";")[0])
 
@@ -309,25 +373,35 @@ def retrieve_frames(
     source = open_frames(request, stored, numbers)
     indexes = [n - 1 for n in numbers]
     if not choice.multipart:
-        index = indexes[0]
-        return StreamingResponse(
-            in_batches(_closing(source, source.frame_chunks(index))),
-            media_type=choice.content_type,
-            headers={"Content-Length": str(source.frame_length(index))},
-        )
-    parts = list(_frame_parts_eager(source, indexes, choice.content_type))
+        part = _frame_part(request, stored, source, indexes[0], choice)
+        headers = {"Content-Location": str(part.location)}
+        if part.length is not None:
+            headers["Content-Length"] = str(part.length)
+        body = _closing(source, iter(part.body))
+        if part.length is None:
+            body = primed(body)
+        return StreamingResponse(in_batches(body), media_type=choice.content_type, headers=headers)
+    parts = list(_frame_parts_eager(request, stored, source, indexes, choice))
     return multipart_response(parts, choice.content_type.split(";")[0])
 
 
 def _frame_parts_eager(
-    source: PixelDataFile, indexes: Sequence[int], content_type: str
+    request: Request,
+    stored: StoredInstance,
+    source: PixelDataFile,
+    indexes: Sequence[int],
+    choice: Choice,
 ) -> Iterator[Part]:
-    """Parts whose sizes are known up front; the file closes after the last one."""
+    """Parts made up front (their sizes known when stored bytes are served); the file
+    closes after the last one."""
     last = len(indexes) - 1
     for n, index in enumerate(indexes):
-        chunks = source.frame_chunks(index)
-        body = _closing(source, chunks) if n == last else chunks
-        yield Part(content_type, body, source.frame_length(index))
+        part = _frame_part(request, stored, source, index, choice)
+        if n == last:
+            part = Part(
+                part.content_type, _closing(source, iter(part.body)), part.length, part.location
+            )
+        yield part
 
 
 route_each_level(router, "/pixeldata", "pixeldata", _pixel_parts)
@@ -359,26 +433,31 @@ def retrieve_bulkdata(
         return StreamingResponse(
             in_batches(body), media_type=OCTET_STREAM, headers={"Content-Length": str(size)}
         )
-    return multipart_response([Part(OCTET_STREAM, body, size)], OCTET_STREAM)
+    location = _bulk_location(request, stored, number)
+    return multipart_response([Part(OCTET_STREAM, body, size, location)], OCTET_STREAM)
 
 
 def _pixel_value(request: Request, stored: StoredInstance, tag: int) -> Response:
     """Pixel Data as bulk data: a native value whole, in one part; encapsulated pixel
-    data one part a frame (a video: one part)."""
+    data, or native asked in a compressed syntax, one part a frame (a video: one part)."""
     if is_native(stored.transfer_syntax_uid):
         choice = _pixel_choice(accept_ranges(request), stored.transfer_syntax_uid, single_ok=True)
         if choice is None:
             raise _refuse_pixels(request, stored.transfer_syntax_uid)
+        if choice.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN:
+            return _pixel_parts(request, [stored])
         source = open_pixels(request, stored)
         if source.pixel_tag != tag or source.length is None:
             source.close()
             raise NotFound(f"no bulk data {tag:08X}")
         body = _closing(source, source.value_chunks())
+        location = _bulk_location(request, stored, tag)
         if not choice.multipart:
             return StreamingResponse(
                 in_batches(body),
                 media_type=choice.content_type,
-                headers={"Content-Length": str(source.length)},
+                headers={"Content-Length": str(source.length), "Content-Location": location},
             )
-        return multipart_response([Part(choice.content_type, body, source.length)], OCTET_STREAM)
+        part = Part(choice.content_type, body, source.length, location)
+        return multipart_response([part], OCTET_STREAM)
     return _pixel_parts(request, [stored])
