@@ -149,7 +149,8 @@ class LocalStore:
         rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         for row in page.rows:
             blob = row.get("_blob") if query.level is Level.INSTANCE else blobs.get(row["_pk"])
-            rows.append((row, self._sidecar(blob) if details else None))
+            wanted = details or _pixel_attributes_not_indexed(row)
+            rows.append((row, self._sidecar(blob) if wanted else None))
         return QidoAnswer(rows, page.remaining)
 
     def _sidecar(self, blob: str | None) -> dict[str, Any] | None:
@@ -256,6 +257,12 @@ class LocalStore:
     def discard(self, parts: Sequence[ReceivedPart]) -> None:
         for part in parts:  # what store has placed or discarded is no longer there
             self.archive.blobs.discard(part.staged.path)
+
+
+def _pixel_attributes_not_indexed(row: dict[str, Any]) -> bool:
+    """An instance row from before index revision 0008, whose Rows, Columns and Bits
+    Allocated the index does not hold (NULL): they come from its stored DICOM JSON."""
+    return "_blob" in row and any(row.get(k, 0) is None for k in qido.IMAGE_PIXEL_KEYWORDS)
 
 
 def _visible_patient(conn: Connection, patient_id: str, scope: Scope) -> dict[str, Any] | None:
