@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
@@ -36,8 +37,17 @@ def _past_sop_instance_uid(tag: BaseTag, _vr: str | None, _length: int) -> bool:
     return int(tag) > SOP_INSTANCE_UID
 
 
-def _uid(value: object) -> str:
-    text = str(value or "").rstrip("\0 ")
+def _uid(ds: Dataset, tag: int, size: int) -> str:
+    """The UID at ``tag`` if its whole value is within the ``size`` bytes read (a value
+    cut short could still look like a UID, a wrong one)."""
+    raw = ds.get_item(tag) if tag in ds else None
+    value_tell = getattr(raw, "value_tell", None)
+    length = getattr(raw, "length", None)
+    if raw is None or value_tell is None or length is None or value_tell + length > size:
+        return ""
+    value = raw.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+    text = text.rstrip("\0 ")
     return text if is_valid_uid(text) else ""
 
 
@@ -49,11 +59,8 @@ def identify_head(head: bytes, size: int) -> Identity:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = read_partial(io.BytesIO(head), _past_sop_instance_uid, force=True)
-            sop_class = ds.get(SOP_CLASS_UID)
-            sop_uid = ds.get(SOP_INSTANCE_UID)
             return Identity(
-                _uid(sop_class.value if sop_class is not None else ""),
-                _uid(sop_uid.value if sop_uid is not None else ""),
+                _uid(ds, SOP_CLASS_UID, len(head)), _uid(ds, SOP_INSTANCE_UID, len(head))
             )
     except Exception:  # pydicom raises many types on garbage: then nothing is known
         return Identity()
