@@ -19,6 +19,7 @@ from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
+from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from tests.conftest import PYDICOM_DATA, LiveServer, sample_paths
@@ -220,3 +221,24 @@ def test_a_nested_value_by_dicomweb_client_and_bad_paths(archive: Archive) -> No
         ):
             response = httpx.get(f"{instance_url}/bulkdata/{bad}")
             assert response.status_code == 404, (bad, response.text)
+
+
+def test_nested_bulk_data_under_the_patient_scoped_base(archive: Archive) -> None:
+    ecg = TEST_FILES / "waveform_ecg.dcm"
+    ingest([str(ecg)], archive.engine, archive.blobs, workers=1)
+    ds = read(ecg)
+    with TestClient(create_app(archive.settings, archive)) as client:
+        bundle = client.get("/fhir/ImagingStudy").json()
+        patient = bundle["entry"][0]["resource"]["subject"]["reference"].split("/")[1]
+        scoped = f"/fhir/Patient/{patient}/$wado-rs"
+        [found] = client.get(scoped + metadata_url(ds)[len("/dicom-web") :]).json()
+        uri = found["54000100"]["Value"][1]["54001010"]["BulkDataURI"]
+        assert f"{scoped}/studies/" in uri
+        path = uri[uri.index("/fhir/Patient/") :]
+        value = client.get(path, headers={"Accept": "application/octet-stream"})
+        assert value.content == ds.WaveformSequence[1].WaveformData
+        other = client.get(
+            f"/fhir/Patient/someone-else/$wado-rs{path[len(scoped) :]}",
+            headers={"Accept": "application/octet-stream"},
+        )
+        assert other.status_code == 404
