@@ -23,6 +23,7 @@ from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from tests.conftest import PYDICOM_DATA, LiveServer, sample_paths
+from tests.support.orthanc import Orthanc
 
 CHARSETS = PYDICOM_DATA / "charset_files"
 TEST_FILES = PYDICOM_DATA / "test_files"
@@ -242,3 +243,37 @@ def test_nested_bulk_data_under_the_patient_scoped_base(archive: Archive) -> Non
             headers={"Accept": "application/octet-stream"},
         )
         assert other.status_code == 404
+
+
+ORACLE_FILES = [CHARSETS / n for n, _charset, _name in NAMES] + [TEST_FILES / "waveform_ecg.dcm"]
+
+
+def _values(element: dict[str, Any] | None) -> list[Any]:
+    return [v for v in (element or {}).get("Value", []) if v]
+
+
+def test_orthanc_agrees_on_character_sets_names_and_nested_bulk_data(
+    sample_client: TestClient, orthanc: Orthanc
+) -> None:
+    """Orthanc 1.10 also keeps the source's Specific Character Set (leaving out an empty
+    first value, which we return as null) and gives nested bulk data a BulkDataURI."""
+    orthanc.store(ORACLE_FILES)
+    for path in ORACLE_FILES:
+        ds = read(path)
+        [ours] = sample_client.get(metadata_url(ds)).json()
+        [theirs] = httpx.get(orthanc.dicomweb_url + metadata_url(ds)[len("/dicom-web") :]).json()
+        assert _values(ours["00080005"]) == _values(theirs["00080005"]), path.name
+        mine = {k: v for k, v in ours["00100010"]["Value"][0].items() if v}
+        assert mine == {k: v for k, v in theirs["00100010"]["Value"][0].items() if v}
+    ecg = read(TEST_FILES / "waveform_ecg.dcm")
+    [ours] = sample_client.get(metadata_url(ecg)).json()
+    [theirs] = httpx.get(orthanc.dicomweb_url + metadata_url(ecg)[len("/dicom-web") :]).json()
+    for n, item in enumerate(theirs["54000100"]["Value"]):
+        their_value = httpx.get(item["54001010"]["BulkDataURI"])  # multipart
+        uri = ours["54000100"]["Value"][n]["54001010"]["BulkDataURI"]
+        our_value = sample_client.get(
+            uri[len(BASE) - len("/dicom-web") :], headers={"Accept": "application/octet-stream"}
+        )
+        assert our_value.content == ecg.WaveformSequence[n].WaveformData
+        assert their_value.status_code == 200
+        assert our_value.content in their_value.content
