@@ -27,6 +27,7 @@ from pacsfhir.index.schema import instance
 from pacsfhir.store.local import CANNOT_UNDERSTAND, NOT_DICOM_PART, STUDY_MISMATCH
 from tests.conftest import PYDICOM_DATA, LiveServer
 from tests.support.dicom_factory import load_template, write_study, write_variant
+from tests.support.orthanc import Orthanc
 
 TEST_FILES = PYDICOM_DATA / "test_files"
 CT_SMALL = TEST_FILES / "CT_small.dcm"
@@ -223,3 +224,46 @@ def test_dicomweb_client_sees_the_study_and_the_refusal(archive: Archive, tmp_pa
     assert refused.value.response.status_code == 409
     module = refused.value.response.json()
     assert failed_items(module) == [(stranger.SOPClassUID, stranger.SOPInstanceUID, STUDY_MISMATCH)]
+
+
+def _post(url: str, parts: list[tuple[str, bytes]]) -> httpx.Response:
+    boundary = uuid.uuid4().hex
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+            for content_type, data in parts
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    return httpx.post(url, content=body, headers=headers, timeout=60)
+
+
+def _named(response: httpx.Response) -> list[tuple[Any, Any]]:
+    """The instances Failed SOP items name (Orthanc gives a part that is not DICOM no
+    item; we give it one with the reason alone)."""
+    return [(c, s) for c, s, _reason in failed_items(response.json()) if c or s]
+
+
+def test_orthanc_answers_the_same_statuses_and_names_the_same_instances(
+    archive: Archive, orthanc: Orthanc
+) -> None:
+    """Orthanc 1.10's reasons differ (0110 where we say C409), its statuses and the
+    instances its Failed SOP items name do not."""
+    ct = CT_SMALL.read_bytes()
+    cases = [
+        ("/studies", [("application/dicom", ct)]),
+        ("/studies/1.2.3", [("application/dicom", ct)]),
+        ("/studies/1.2.3", [("application/dicom", ct), ("application/dicom", ct)]),
+        ("/studies", [("application/dicom", b"not DICOM at all")]),
+    ]
+    with LiveServer(archive) as server:
+        for path, parts in cases:
+            ours = _post(f"{server.base_url}/dicom-web{path}", parts)
+            theirs = _post(f"{orthanc.dicomweb_url}{path}", parts)
+            assert ours.status_code == theirs.status_code, (path, ours.text, theirs.text)
+            assert _named(ours) == _named(theirs), path
+    assert_untouched(archive, 1)
