@@ -16,6 +16,7 @@ from pacsfhir.search.qido import (
     ValueMatch,
     parse_match,
     parse_query,
+    private_creator,
 )
 from pacsfhir.vocabulary.levels import Level, attribute_level, tag_of
 
@@ -136,8 +137,33 @@ def test_options(query: str, expected: dict[str, object]) -> None:
 
 def test_includes_at_lower_levels() -> None:
     parsed = parse("includefield=Rows,Columns,PatientComments,00091001", IN)
-    assert parsed.includes == tags("Rows", "Columns", "PatientComments") | {0x00091001}
+    private = {0x00091001, 0x00090010}  # with its Private Creator (PS3.18 10.6.3.3)
+    assert parsed.includes == tags("Rows", "Columns", "PatientComments") | private
     assert parse("includefield=Rows,BodyPartExamined", SE).includes == tags("BodyPartExamined")
+
+
+PRIVATE_CREATORS = [
+    (0x00091001, 0x00090010),
+    (0x0019100F, 0x00190010),
+    (0x0029FF00, 0x002900FF),  # the last block
+    (0x7FE11010, 0x7FE10010),
+    (0x00090010, None),  # a Private Creator itself
+    (0x000900FF, None),
+    (0x00090001, None),  # (gggg,0001-000F): no block reserves them
+    (0x00081010, None),  # even group: standard
+    (0x00011010, None),  # odd groups 0001-0007 and FFFF are not private (PS3.5 7.8.1)
+    (0x00071010, None),
+    (0xFFFF1010, None),
+]
+
+
+@pytest.mark.parametrize(("tag", "creator"), PRIVATE_CREATORS, ids=lambda t: f"{t}")
+def test_private_creator_of_a_private_element(tag: int, creator: int | None) -> None:
+    assert private_creator(tag) == creator
+
+
+def test_a_private_match_key_returns_its_creator_too() -> None:
+    assert parse("00191002=912", IN).includes == {0x00191002, 0x00190010}
 
 
 IGNORED = [

@@ -3,9 +3,17 @@
 Handlers take their scope from the request context (``api.context``).
 
 Status (PS3.18 Table 10.5.3-1): 200 all stored (or already present), 202 some failed,
-409 none stored, 400 bad syntax or no parts, 413 a body or a part over its limit
-(``max_upload_mb``, ``max_part_mb``), 415 unsupported media type. Failure reasons
-(Table I.2-2 and our own, documented in docs/conformance.md): ``store.local.FAILURE_REASONS``.
+400 none stored and every part bad syntax (not DICOM, truncated, required attributes
+missing; or no parts, or a malformed body), 409 none stored for any other reason (a
+conflict: an instance of another study than the path's, or another patient's), 413 a
+body or a part over its limit (``max_upload_mb``, ``max_part_mb``), 415 unsupported
+media type. Failure reasons (Table I.2-2 and our own, documented in
+docs/conformance.md): ``store.local.FAILURE_REASONS``.
+
+The answer is the Store Instances Response Module (PS3.18 Annex I): Retrieve URL of the
+study (Type 2: empty when the instances stored belong to several studies, or none was
+stored and the path names no study), Specific Character Set ISO_IR 192 (the JSON is
+UTF-8), and a Failed SOP item naming the instance whenever its file says which it is.
 The body is received off the event loop (``dicom.upload``); storing and building the
 answer run in a worker thread too.
 """
@@ -24,9 +32,10 @@ from pacsfhir.api.context import context_of
 from pacsfhir.dicom.prepare import Prepared
 from pacsfhir.dicom.uids import is_valid_uid
 from pacsfhir.dicom.upload import ReceivedPart, UploadLimits, receive_parts, related_boundary
-from pacsfhir.errors import BadRequest, NotAcceptable, NotFound
+from pacsfhir.errors import BadRequest, NotAcceptable
 from pacsfhir.index.scope import Scope
 from pacsfhir.store.base import Failure, Store
+from pacsfhir.store.local import SYNTAX_FAILURES
 
 router = APIRouter()
 
@@ -47,12 +56,35 @@ def _uid(value: str) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]}
 
 
+def study_of(stored: list[Prepared], study_uid: str | None) -> str | None:
+    """The study the response's top-level Retrieve URL names: the path's, else the one
+    study of every instance stored (None: several, or none stored)."""
+    if study_uid is not None:
+        return study_uid if is_valid_uid(study_uid) else None
+    studies = {p.attributes.study_uid for p in stored}
+    return studies.pop() if len(studies) == 1 else None
+
+
+def status_of(stored: list[Prepared], failures: list[Failure]) -> int:
+    """PS3.18 Table 10.5.3-1: 200 all stored, 202 some, 400 none for bad syntax alone,
+    409 none for a conflict (or a mixture of reasons)."""
+    if not failures:
+        return 200
+    if stored:
+        return 202
+    if all(f.reason in SYNTAX_FAILURES for f in failures):
+        return 400
+    return 409
+
+
 def _response_module(
     stored: list[Prepared], failures: list[Failure], base: str, study_uid: str | None
 ) -> dict[str, Any]:
-    module: dict[str, Any] = {}
-    if study_uid:
-        module["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid}"]}
+    module: dict[str, Any] = {"00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
+    study = study_of(stored, study_uid)
+    module["00081190"] = (
+        {"vr": "UR", "Value": [f"{base}/studies/{study}"]} if study else {"vr": "UR"}
+    )
     if failures:
         module["00081198"] = {
             "vr": "SQ",
@@ -92,19 +124,12 @@ def _answer(
     """Store the parts and build the response (blocking: runs in a worker thread)."""
     outcome = store.store(parts, study_uid, scope)
     stored, failures = outcome.stored, outcome.failures
-    if failures and not stored:
-        status = 409
-    elif failures:
-        status = 202
-    else:
-        status = 200
-    return status, json.dumps(_response_module(stored, failures, base, study_uid)).encode()
+    module = _response_module(stored, failures, base, study_uid)
+    return status_of(stored, failures), json.dumps(module).encode()
 
 
 async def _stow(request: Request, study_uid: str | None) -> Response:
     _check_accept(request)
-    if study_uid is not None and not is_valid_uid(study_uid):
-        raise NotFound(f"{study_uid!a} is not a Study Instance UID")
     context = context_of(request)
     store = context.store
     boundary = related_boundary(request.headers.get("content-type", ""), "application/dicom")

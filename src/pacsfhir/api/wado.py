@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from pacsfhir.api.bulk_nested import nested_bulkdata
 from pacsfhir.api.context import context_of
 from pacsfhir.api.offload import offloaded, offloads
 from pacsfhir.api.streaming import in_batches
@@ -39,6 +40,7 @@ from pacsfhir.api.wado_common import (
     route_each_level,
 )
 from pacsfhir.dicom import transcode
+from pacsfhir.dicom.bulk_path import parse_bulk_path
 from pacsfhir.dicom.frames import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
@@ -407,21 +409,22 @@ def _frame_parts_eager(
 route_each_level(router, "/pixeldata", "pixeldata", _pixel_parts)
 
 
-@router.get(INSTANCE + "/bulkdata/{tag}")
+@router.get(INSTANCE + "/bulkdata/{tag:path}")
 def retrieve_bulkdata(
     request: Request, study: str, series: str, instance: str, tag: str
 ) -> Response:
-    if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
-        raise NotFound(f"no bulk data {tag[:20]!r}")
-    number = int(tag, 16)
+    path = parse_bulk_path(tag)
+    number = path.tag
     stored = find_instances(request, study, series, instance)[0]
-    if number in PIXEL_DATA_TAGS:
+    if not path.steps and number in PIXEL_DATA_TAGS:
         return _pixel_value(request, stored, number)
     choice = _pixel_choice(accept_ranges(request), EXPLICIT_VR_LITTLE_ENDIAN, single_ok=True)
     if choice is None:
         raise NotAcceptable(
             f"Accept: {accept_text(request)} cannot be served; bulk data is {OCTET_STREAM}"
         )
+    if path.steps:
+        return nested_bulkdata(request, stored, path, choice.multipart, _location(request, stored))
     source = open_pixels(request, stored)
     try:
         _vr, chunks, size = source.bulk_element(number)

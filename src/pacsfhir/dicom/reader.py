@@ -74,6 +74,9 @@ INDEXED_KEYWORDS = (
     "ConceptNameCodeSequence",
     "ImageType",
     "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
 )
 _INDEXED_TAGS: list[int] = [tag_for_keyword(k) for k in INDEXED_KEYWORDS]  # type: ignore[misc]
 
@@ -225,6 +228,16 @@ def _frame_count(ds: Dataset) -> int:
     return frames
 
 
+MAX_US = 0xFFFF
+
+
+def _unsigned_short(ds: Dataset, keyword: str) -> int:
+    """A US value (Rows, Columns, Bits Allocated); 0 when absent or not one value in
+    1..65535 (a value no image can have is no value)."""
+    value = _int(ds, keyword, 0)
+    return value if 0 < value <= MAX_US else 0
+
+
 def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttributes:
     """Pick the index attributes out of a parsed dataset (pure, no I/O)."""
     study_uid = _required_uid(ds, "StudyInstanceUID")
@@ -283,6 +296,9 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceAttrib
         "title": _title(ds),
         "TransferSyntaxUID": transfer_syntax,
         "NumberOfFrames": _frame_count(ds),
+        "Rows": _unsigned_short(ds, "Rows"),
+        "Columns": _unsigned_short(ds, "Columns"),
+        "BitsAllocated": _unsigned_short(ds, "BitsAllocated"),
     }
     return InstanceAttributes(patient, study, series, instance)
 

@@ -78,6 +78,8 @@ _SERIES_COLUMNS: dict[str, Any] = {
         "SeriesTime",
     )
 }
+# Returned, not matched: 0 in the index is "the file has none", NULL "not indexed yet"
+IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated")
 _INSTANCE_COLUMNS: dict[str, Any] = {
     k: instance.c[k] for k in ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
 }
@@ -290,7 +292,12 @@ def _details(level: Level) -> Select[Any]:
         joins = series.join(joins, series.c.study_pk == study.c.pk)
         pk = series.c.pk
     if level is Level.INSTANCE:
-        columns += [*_INSTANCE_COLUMNS.values(), instance.c.NumberOfFrames, instance.c.blob]
+        columns += [
+            *_INSTANCE_COLUMNS.values(),
+            *(instance.c[k] for k in IMAGE_PIXEL_KEYWORDS),
+            instance.c.NumberOfFrames,
+            instance.c.blob,
+        ]
         joins = instance.join(joins, instance.c.series_pk == series.c.pk)
         pk = instance.c.pk
     return select(pk.label("_pk"), *columns).select_from(joins)

@@ -153,6 +153,11 @@ instance = Table(
     Column("title", Text, nullable=False),
     Column("TransferSyntaxUID", Text, nullable=False),
     Column("NumberOfFrames", Integer, nullable=False),
+    # Image Pixel attributes (QIDO-RS instance defaults); 0: the file has none; NULL: not
+    # indexed yet (an instance indexed before revision 0008)
+    Column("Rows", Integer, nullable=True),
+    Column("Columns", Integer, nullable=True),
+    Column("BitsAllocated", Integer, nullable=True),
     Column("blob", Text, nullable=False),  # path relative to the blob root; "": remote
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),

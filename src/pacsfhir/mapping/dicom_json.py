@@ -39,9 +39,9 @@ NUMBER_OF_FRAMES = tag_of("NumberOfFrames")
 _TIMEZONE = tag_of("TimezoneOffsetFromUTC")
 
 # PS3.18 Tables 10.6.3-3, -4, -5. Performed Procedure Step Start Date/Time and Request
-# Attribute Sequence (series), Rows, Columns and Bits Allocated (instances) are not in
-# the index: they are returned when asked for with includefield (read from the stored
-# DICOM JSON), not by default (see docs/conformance.md).
+# Attribute Sequence (series) are not in the index: they are returned when asked for
+# with includefield (read from the stored DICOM JSON), not by default (see
+# docs/conformance.md).
 STUDY_DEFAULTS = tag_set(
     """StudyDate StudyTime AccessionNumber InstanceAvailability ModalitiesInStudy
     ReferringPhysicianName TimezoneOffsetFromUTC RetrieveURL PatientName PatientID
@@ -54,12 +54,15 @@ SERIES_DEFAULTS = tag_set(
 )
 INSTANCE_DEFAULTS = tag_set(
     """SOPClassUID SOPInstanceUID InstanceAvailability TimezoneOffsetFromUTC RetrieveURL
-    InstanceNumber NumberOfFrames StudyInstanceUID SeriesInstanceUID"""
+    InstanceNumber Rows Columns BitsAllocated NumberOfFrames StudyInstanceUID
+    SeriesInstanceUID"""
 )
+# Image Pixel attributes the index keeps as integers, 0 for "the file has none"
+_IMAGE_PIXEL = tag_set("Rows Columns BitsAllocated")
 # Shown only when they have a value ("shall be present if known"); the other defaults
 # are shown empty when the index holds no value. An empty Modalities in Study (no series
 # has a Modality) is left out too: OHIF 3's study list fails on one without a Value.
-_CONDITIONAL = frozenset({_TIMEZONE, NUMBER_OF_FRAMES, tag_of("ModalitiesInStudy")})
+_CONDITIONAL = frozenset({_TIMEZONE, NUMBER_OF_FRAMES, tag_of("ModalitiesInStudy"), *_IMAGE_PIXEL})
 
 # Keywords rendered from index rows (values as in the file, or derived from it).
 INDEXED = keyword_set(
@@ -69,7 +72,7 @@ INDEXED = keyword_set(
     NumberOfStudyRelatedSeries NumberOfStudyRelatedInstances SeriesInstanceUID Modality
     SeriesNumber SeriesDescription BodyPartExamined SeriesDate SeriesTime
     PerformingPhysicianName OperatorsName NumberOfSeriesRelatedInstances SOPInstanceUID
-    SOPClassUID InstanceNumber NumberOfFrames"""
+    SOPClassUID InstanceNumber NumberOfFrames Rows Columns BitsAllocated"""
 )
 _JSON_LISTS = frozenset(
     {"NameOfPhysiciansReadingStudy", "PerformingPhysicianName", "OperatorsName"}
@@ -203,6 +206,15 @@ def _getter(tag: int, level: Level, base_url: str) -> Getter:
             return None, ""
 
         return frames
+    if tag in _IMAGE_PIXEL:
+
+        def pixel(row: Mapping[str, Any], sidecar: Mapping[str, Any] | None) -> tuple[Any, Any]:
+            found = row.get(keyword)
+            if isinstance(found, int) and found > 0:
+                return {"vr": "US", "Value": [found]}, ""
+            return (_from_sidecar(tag, sidecar) if found is None else None), ""
+
+        return pixel
     vr = vr_of(tag)
 
     def indexed(row: Mapping[str, Any], sidecar: Mapping[str, Any] | None) -> tuple[Any, Any]:

@@ -223,6 +223,25 @@ def parse_match(keyword: str, vr: str, value: str, key: str | None = None) -> Ma
     return ValueMatch(keyword, vr, _values(vr, value, key))
 
 
+_NOT_PRIVATE_GROUPS = frozenset({0x0001, 0x0003, 0x0005, 0x0007, 0xFFFF})
+
+
+def private_creator(tag: int) -> int | None:
+    """The Private Creator element that reserves a private data element's block (PS3.5
+    7.8.1: in an odd group other than 0001-0007 and FFFF, element xxyy belongs to the
+    block that (gggg,00xx) reserves); None for any other tag."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 == 0 or group in _NOT_PRIVATE_GROUPS or element < 0x1000:
+        return None
+    return (group << 16) | (element >> 8)
+
+
+def _with_private_creators(tags: frozenset[int]) -> frozenset[int]:
+    """PS3.18 10.6.3.3: a private data element asked for comes with its Private Creator."""
+    creators = {private_creator(t) for t in tags}
+    return tags | {c for c in creators if c is not None}
+
+
 def _parse_includes(values: Sequence[str]) -> tuple[frozenset[int], bool]:
     tags: set[int] = set()
     include_all = False
@@ -311,7 +330,9 @@ def parse_query(
         if is_ignored:
             ignored.append(name)
     includes, include_all = _parse_includes(include_values)
-    includes = frozenset(t for t in includes | returned if attribute_level(t) <= level)
+    includes = frozenset(
+        t for t in _with_private_creators(includes | returned) if attribute_level(t) <= level
+    )
     fuzzy = options.get("fuzzymatching", "false").lower()
     if fuzzy not in ("true", "false"):
         raise BadRequest(f"fuzzymatching={shown(fuzzy)}: expected true or false")

@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import Connection
 
 from pacsfhir.archive import Archive
+from pacsfhir.dicom.identify import identify
 from pacsfhir.dicom.ingest import Outcome, commit_batch
 from pacsfhir.dicom.metadata import metadata_of
 from pacsfhir.dicom.prepare import Prepared, Rejected, prepare_staged
@@ -45,13 +46,18 @@ STUDY_MISMATCH = 0xC409  # ours: the instance is not of the study in the request
 PATIENT_MISMATCH = 0xC410  # ours: under /Patient/{id}/$wado-rs, another patient's instance
 OUT_OF_RESOURCES = 0xA700
 FAILURE_REASONS = {
-    CANNOT_UNDERSTAND: "not DICOM, truncated, or without valid Study/Series/SOP UIDs",
+    CANNOT_UNDERSTAND: "not DICOM, truncated, or without valid Study/Series/SOP Instance"
+    " UIDs or SOP Class UID",
     NOT_DICOM_PART: "part Content-Type is not application/dicom",
     STUDY_MISMATCH: "Study Instance UID differs from the study in the request URL",
     PATIENT_MISMATCH: "instance belongs to another patient than the scoped one",
     OUT_OF_RESOURCES: "out of storage",
     PROCESSING_FAILURE: "processing failure",
 }
+# Failures of the request's syntax (a part that is not a readable, complete instance): a
+# request whose every part fails so is a 400, one with any other failure a 409 (PS3.18
+# Table 10.5.3-1).
+SYNTAX_FAILURES = frozenset({CANNOT_UNDERSTAND, NOT_DICOM_PART})
 
 
 class LocalStore:
@@ -143,7 +149,8 @@ class LocalStore:
         rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         for row in page.rows:
             blob = row.get("_blob") if query.level is Level.INSTANCE else blobs.get(row["_pk"])
-            rows.append((row, self._sidecar(blob) if details else None))
+            wanted = details or _pixel_attributes_not_indexed(row)
+            rows.append((row, self._sidecar(blob) if wanted else None))
         return QidoAnswer(rows, page.remaining)
 
     def _sidecar(self, blob: str | None) -> dict[str, Any] | None:
@@ -188,6 +195,8 @@ class LocalStore:
     def store(
         self, parts: Sequence[ReceivedPart], study_uid: str | None, scope: Scope
     ) -> StoreOutcome:
+        """Read, check and commit the parts. ``study_uid``: the study of the request path,
+        which every instance must belong to (one that is not a valid UID matches none)."""
         archive = self.archive
         accepted: list[Prepared] = []
         failures: list[Failure] = []
@@ -196,9 +205,13 @@ class LocalStore:
                 archive.blobs.discard(part.staged.path)
                 failures.append(Failure("", "", NOT_DICOM_PART))
                 continue
+            with open(part.staged.path, "rb") as fp:
+                identity = identify(fp, part.staged.size)
             prepared = prepare_staged(f"part {number}", part.staged, archive.blobs)
             if isinstance(prepared, Rejected):
-                failures.append(Failure("", "", CANNOT_UNDERSTAND))
+                failures.append(
+                    Failure(identity.sop_class_uid, identity.sop_uid, CANNOT_UNDERSTAND)
+                )
                 continue
             reason = self._check_target(prepared, study_uid, scope)
             if reason is not None:
@@ -244,6 +257,12 @@ class LocalStore:
     def discard(self, parts: Sequence[ReceivedPart]) -> None:
         for part in parts:  # what store has placed or discarded is no longer there
             self.archive.blobs.discard(part.staged.path)
+
+
+def _pixel_attributes_not_indexed(row: dict[str, Any]) -> bool:
+    """An instance row from before index revision 0008, whose Rows, Columns and Bits
+    Allocated the index does not hold (NULL): they come from its stored DICOM JSON."""
+    return "_blob" in row and any(row.get(k, 0) is None for k in qido.IMAGE_PIXEL_KEYWORDS)
 
 
 def _visible_patient(conn: Connection, patient_id: str, scope: Scope) -> dict[str, Any] | None:

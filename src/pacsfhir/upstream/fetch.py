@@ -35,7 +35,7 @@ SERIES_KEYS = keyword_set(
 )
 INSTANCE_KEYS = keyword_set(
     """SOPInstanceUID SOPClassUID InstanceNumber NumberOfFrames ContentLabel DocumentTitle
-    ImageType"""
+    ImageType Rows Columns BitsAllocated"""
 )
 
 
