@@ -94,7 +94,8 @@ _MANTISSA = r"(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})"
 _DECIMAL = re.compile(rf"[+-]?{_MANTISSA}(?:[eE][+-]?[0-9]{{1,3}})?")
 
 
-def _integer(text: str, name: str, low: int, high: int) -> int:
+def parse_integer(text: str, name: str, low: int, high: int) -> int:
+    """A whole number of at most 9 ASCII digits within [low, high]; raises ValueError."""
     text = text.strip()
     if not _INTEGER.fullmatch(text):
         raise ValueError(f"{name} must be a whole number, not {text[:24]!a}")
@@ -104,7 +105,8 @@ def _integer(text: str, name: str, low: int, high: int) -> int:
     return value
 
 
-def _decimal(text: str, name: str) -> float:
+def parse_decimal(text: str, name: str) -> float:
+    """A finite decimal number (no inf, nan or hex); raises ValueError."""
     text = text.strip()
     value = float(text) if _DECIMAL.fullmatch(text) else math.nan
     if not math.isfinite(value):
@@ -117,8 +119,14 @@ def parse_window(text: str) -> Window:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 3):
         raise ValueError("window is center,width[,function]")
-    center, width = _decimal(parts[0], "window center"), _decimal(parts[1], "window width")
-    function = parts[2].lower() if len(parts) == 3 else "linear"
+    center = parse_decimal(parts[0], "window center")
+    width = parse_decimal(parts[1], "window width")
+    return checked_window(center, width, parts[2].lower() if len(parts) == 3 else "linear")
+
+
+def checked_window(center: float, width: float, function: str = "linear") -> Window:
+    """A window PS3.3 C.11.2.1.2 allows (a known function, a width the function can
+    divide by); raises ValueError."""
     if function not in _FUNCTIONS:
         raise ValueError(f"window function must be one of {', '.join(_FUNCTIONS)}")
     if width <= 0 or (function == "linear" and width < 1):
@@ -131,20 +139,20 @@ def parse_viewport(text: str) -> Viewport:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 6):
         raise ValueError("viewport is vw,vh[,sx,sy,sw,sh]")
-    width = _integer(parts[0], "viewport width", 1, MAX_VIEWPORT)
-    height = _integer(parts[1], "viewport height", 1, MAX_VIEWPORT)
+    width = parse_integer(parts[0], "viewport width", 1, MAX_VIEWPORT)
+    height = parse_integer(parts[1], "viewport height", 1, MAX_VIEWPORT)
     if len(parts) == 2:
         return Viewport(width, height)
     names = ("sx", "sy", "sw", "sh")
     sx, sy, sw, sh = (
-        _integer(p, f"viewport {n}", -MAX_REGION, MAX_REGION) if p else 0
+        parse_integer(p, f"viewport {n}", -MAX_REGION, MAX_REGION) if p else 0
         for p, n in zip(parts[2:], names, strict=True)
     )
     return Viewport(width, height, (sx, sy, sw, sh))
 
 
 def parse_quality(text: str) -> int:
-    return _integer(text, "quality", 1, 100)
+    return parse_integer(text, "quality", 1, 100)
 
 
 # -- geometry: what the viewport shows, and how large it draws it ------------------------
