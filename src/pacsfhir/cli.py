@@ -319,6 +319,9 @@ def serve(settings: Settings) -> None:
                 log_level="info",
                 log_config=log_config,
                 access_log=False,
+                # with trusted proxies, pacsfhir reads their headers itself (api.forwarded)
+                # and must see the proxy's own address, not one uvicorn rewrote
+                proxy_headers=not settings.trusted_proxies,
             )
     finally:
         archive.close()

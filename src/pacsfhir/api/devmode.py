@@ -13,6 +13,11 @@ serve`` or any ASGI server running ``create_app``):
   from 127.0.0.1 by default) put the real client's address in the scope, so remote
   clients are refused there too. Scopes without an IP (a Unix socket, the in-process
   test client) are local by construction.
+- and a request whose forwarding headers (``Forwarded`` for=, ``X-Forwarded-For``,
+  ``X-Real-IP``) name any client that is not a loopback address gets 403 too, whoever
+  sent them and whatever the ASGI server made of them: a proxy relaying a remote client
+  is refused even when the server does not rewrite the client address (``pacsfhir
+  serve`` leaves that to pacsfhir, ``api.forwarded``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pacsfhir.api.forwarded import header_map, named_clients
 from pacsfhir.errors import ConfigurationError
 from pacsfhir.mapping.bundle import operation_outcome
 from pacsfhir.settings import Settings
@@ -91,7 +97,9 @@ class LoopbackOnly:
             return
         client = (scope.get("client") or (None,))[0]
         server = (scope.get("server") or (None,))[0]
-        if not (_is_remote_ip(client) or _is_remote_ip(server)):
+        named = named_clients(header_map(scope.get("headers", [])))
+        relayed = any(n is None or not is_loopback(n) for n in named)
+        if not (_is_remote_ip(client) or _is_remote_ip(server) or relayed):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
