@@ -377,6 +377,10 @@ HEADER_NAMES = [
     "Origin",
     "Authorization",
     "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-For",
+    "Forwarded",
     "Cache-Control",
 ]
 HEADER_VALUES = [
@@ -396,6 +400,10 @@ HEADER_VALUES = [
     "caf\xe9",
     "日本",
     "x" * 1000,
+    "for=127.0.0.1;host=evil.example;proto=https",
+    'for="[::1]:80";host="a/b"',
+    "127.0.0.1, 203.0.113.9",
+    "/../admin",
 ]
 
 

@@ -5,8 +5,11 @@ no header may do: put characters of its own into a URL."""
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pacsfhir.api.forwarded import (
     Forwarding,
@@ -214,3 +217,72 @@ def test_nothing_is_trusted_without_proxies() -> None:
 )
 def test_named_clients(headers: dict[str, str], named: list[str | None]) -> None:
     assert named_clients(headers) == named
+
+
+ORIGIN = re.compile(
+    r"https?://(?:[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+    r"(?:/[A-Za-z0-9._~-]+)*"
+)
+PIECES = st.sampled_from(
+    [
+        "for=",
+        "host=",
+        "proto=",
+        ";",
+        ",",
+        '"',
+        "\\",
+        "[",
+        "]",
+        ":",
+        "/",
+        "?",
+        "#",
+        "@",
+        " ",
+        "\r\n",
+        "%2F",
+        "..",
+        "https",
+        "pacs.example",
+        "::1",
+        "10.0.0.3",
+        "é",
+        "<",
+        "\x00",
+    ]
+)
+TEXT = st.one_of(st.text(max_size=40), st.lists(PIECES, max_size=12).map("".join))
+
+
+@given(
+    forwarded=st.one_of(st.none(), TEXT),
+    host=st.one_of(st.none(), TEXT),
+    proto=st.one_of(st.none(), TEXT),
+    prefix=st.one_of(st.none(), TEXT),
+    plain_host=st.one_of(st.none(), TEXT),
+)
+def test_no_header_puts_its_own_characters_into_a_url(
+    forwarded: str | None,
+    host: str | None,
+    proto: str | None,
+    prefix: str | None,
+    plain_host: str | None,
+) -> None:
+    headers = {
+        name: value
+        for name, value in (
+            ("forwarded", forwarded),
+            ("x-forwarded-host", host),
+            ("x-forwarded-proto", proto),
+            ("x-forwarded-prefix", prefix),
+            ("host", plain_host),
+        )
+        if value is not None
+    }
+    try:
+        found = resolve(headers, "10.0.0.2", PROXIES)
+    except ForwardingError:
+        return
+    if found is not None and found.origin is not None:
+        assert ORIGIN.fullmatch(found.origin), found.origin
