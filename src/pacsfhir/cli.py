@@ -316,6 +316,9 @@ def serve(settings: Settings) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["pacsfhir"] = {"handlers": ["default"], "level": "INFO"}
     workers = settings.workers or os.cpu_count() or 1
+    # with trusted proxies, pacsfhir reads their headers itself (api.forwarded) and must
+    # see the proxy's own address, not one uvicorn rewrote
+    proxy_headers = not settings.trusted_proxies
     try:
         with _listener(archive, settings) as listener:
             if workers == 1:
@@ -326,6 +329,7 @@ def serve(settings: Settings) -> None:
                     log_level="info",
                     log_config=log_config,
                     access_log=False,
+                    proxy_headers=proxy_headers,
                 )
             else:
                 # Each worker builds the app from the environment (uvicorn starts them
@@ -342,6 +346,7 @@ def serve(settings: Settings) -> None:
                     log_level="info",
                     log_config=log_config,
                     access_log=False,
+                    proxy_headers=proxy_headers,
                 )
     finally:
         archive.close()

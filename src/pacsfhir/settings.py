@@ -7,6 +7,7 @@ documentation; ``docs/settings.md`` and the CLI help are checked against this ta
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -23,6 +24,8 @@ from pacsfhir.upstream.config import (
     parse_upstream_tables,
 )
 from pacsfhir.vocabulary.ae import ae_title_problem
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,13 @@ SETTINGS: tuple[Setting, ...] = (
         1,
         "HTTP worker processes of pacsfhir serve, sharing the index; 0 = one per core",
     ),
+    Setting(
+        "trusted_proxies",
+        str,
+        "",
+        "Reverse proxies (comma-separated IP addresses or CIDR networks) whose Forwarded or "
+        "X-Forwarded-Host/-Proto/-Prefix headers make the public URLs, unless base_url is set",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -294,6 +304,7 @@ class Settings:
     relay_offload_prefix: str = "/_pacsfhir_upstream/"
     relay_offload_key: str = ""
     workers: int = 1
+    trusted_proxies: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -350,6 +361,22 @@ class Settings:
                 cache_seconds=self.upstream_cache_seconds,
             ),
         )
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        """``trusted_proxies`` parsed; ConfigurationError for what is not an address or
+        a CIDR network."""
+        networks = []
+        for item in (part.strip() for part in self.trusted_proxies.split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"trusted_proxies: {item!r} is not an IP address or CIDR network"
+                ) from exc
+        return tuple(networks)
 
     @property
     def dimse_bind_host(self) -> str:
@@ -440,6 +467,7 @@ def load_settings(
             f"dimse_max_associations must be 1 to 1000, not {values['dimse_max_associations']}"
         )
     settings = Settings(**values)
+    settings.trusted_proxy_networks  # noqa: B018 (raises ConfigurationError when malformed)
     moving = [
         u.name
         for u in settings.upstreams

@@ -24,7 +24,7 @@ ALLOWED_5XX = frozenset({503})
 
 def is_dicomweb_path(path: str) -> bool:
     """The server's own rule (``api.dicomweb_context.is_dicomweb``) on the decoded path."""
-    return path.startswith("/dicom-web/") or "/$wado-rs" in path
+    return path.startswith("/dicom-web/") or "/$wado-rs" in path or path == "/wado"
 
 
 def problems(response: httpx.Response) -> list[str]:

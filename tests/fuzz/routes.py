@@ -33,7 +33,9 @@ class Route:
 
     @property
     def dicomweb(self) -> bool:
-        return self.path.startswith("/dicom-web/") or "/$wado-rs" in self.path
+        return (
+            self.path.startswith("/dicom-web/") or "/$wado-rs" in self.path or self.path == "/wado"
+        )
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"

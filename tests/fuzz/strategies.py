@@ -191,6 +191,21 @@ DICOMWEB_NAMES = [
     "window",
     "quality",
     "annotation",
+    # WADO-URI (PS3.18 9.1.2, 9.4.1.2, 9.5.1.2)
+    "requestType",
+    "studyUID",
+    "seriesUID",
+    "objectUID",
+    "contentType",
+    "transferSyntax",
+    "frameNumber",
+    "rows",
+    "columns",
+    "region",
+    "windowCenter",
+    "windowWidth",
+    "imageQuality",
+    "anonymize",
 ]
 FHIR_MODIFIERS = ["", ":exact", ":contains", ":missing", ":not", ":below", ":Patient", ":xyz"]
 HOSTILE_NAMES = ["", "%E6%97%A5", "%FF", "a" * 3000, "(0010,0010)", "_", "%00", "name%5B%5D"]
@@ -362,6 +377,10 @@ HEADER_NAMES = [
     "Origin",
     "Authorization",
     "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-For",
+    "Forwarded",
     "Cache-Control",
 ]
 HEADER_VALUES = [
@@ -381,6 +400,10 @@ HEADER_VALUES = [
     "caf\xe9",
     "日本",
     "x" * 1000,
+    "for=127.0.0.1;host=evil.example;proto=https",
+    'for="[::1]:80";host="a/b"',
+    "127.0.0.1, 203.0.113.9",
+    "/../admin",
 ]
 
 
@@ -581,4 +604,8 @@ def requests(draw: st.DrawFn, route: Route, context: Context) -> FuzzRequest:
             content_type = content_type.replace("\x01", "")
         heads = [h for h in heads if h[0] != b"content-type"]
         heads.append((b"content-type", content_type.encode("latin-1", "replace")))
-    return FuzzRequest(method, path, draw(query(route)), tuple(heads), body)
+    text = draw(query(route))
+    if route.path.endswith("/wado") and draw(st.booleans()):  # reach past the UID checks
+        real = f"requestType=WADO&studyUID={chain.study}&seriesUID={chain.series}"
+        text = "&".join(filter(None, [f"{real}&objectUID={chain.sop}", text]))
+    return FuzzRequest(method, path, text, tuple(heads), body)

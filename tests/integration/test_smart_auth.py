@@ -106,7 +106,14 @@ def test_metadata_is_public(secured: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/fhir/ImagingStudy", "/dicom-web/studies", "/fhir/Patient/x/$wado-rs/studies"]
+    "path",
+    [
+        "/fhir/ImagingStudy",
+        "/dicom-web/studies",
+        "/fhir/Patient/x/$wado-rs/studies",
+        "/wado?requestType=WADO&studyUID=1&seriesUID=2&objectUID=3",
+        "/fhir/Patient/x/$wado-rs/wado?requestType=WADO&studyUID=1&seriesUID=2&objectUID=3",
+    ],
 )
 def test_no_token_is_401_with_a_bearer_challenge(secured: TestClient, path: str) -> None:
     response = secured.get(path)
@@ -222,6 +229,43 @@ def test_a_patient_token_never_reaches_another_patients_study(
     # and the system token does see B's study by the same routes: the probes can fail
     system = bearer(tokens["system"])
     assert secured.get(f"/fhir/ImagingStudy/{patients[b][0]}", headers=system).status_code == 200
+
+
+def test_wado_uri_reaches_only_what_the_token_may_read(
+    secured: TestClient,
+    tokens: dict[str, str],
+    patients: dict[str, list[str]],
+    a_and_b: tuple[str, str],
+) -> None:
+    """WADO-URI names an instance in its query: a patient's token gets 404 for another
+    patient's at ``/wado`` and under either patient's base, as on WADO-RS, while the
+    system token and the patient's own instance are served (the probes can fail)."""
+    a, b = a_and_b
+    system = bearer(tokens["system"])
+
+    def first_instance(study: str) -> str:
+        found = secured.get(f"/dicom-web/studies/{study}/instances", headers=system).json()[0]
+        series, sop = found["0020000E"]["Value"][0], found["00080018"]["Value"][0]
+        return f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+
+    theirs = first_instance(patients[b][0]) + "&contentType=application/dicom"
+    mine = first_instance(patients[a][0]) + "&contentType=application/dicom"
+    patient = bearer(tokens["patient_a"])
+    for path in (f"/wado?{theirs}", f"/fhir/Patient/{a}/$wado-rs/wado?{theirs}"):
+        assert secured.get(path, headers=patient).status_code == 404, path
+    assert secured.get(
+        f"/fhir/Patient/{b}/$wado-rs/wado?{theirs}", headers=patient
+    ).status_code in (
+        403,
+        404,
+    )
+    assert secured.get(f"/wado?{theirs}", headers=system).status_code == 200
+    assert secured.get(f"/wado?{mine}", headers=patient).status_code == 200
+    assert (
+        secured.get(f"/fhir/Patient/{a}/$wado-rs/wado?{mine}", headers=patient).status_code == 200
+    )
+    no_imaging = bearer(tokens["openid_only"])
+    assert secured.get(f"/wado?{mine}", headers=no_imaging).status_code == 403
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,7 @@ def test_decide(scopes: str, patient: str | None, need: Need, access: Access) ->
         (Surface.DICOMWEB, "GET", "/studies/{study}/metadata", IMAGING_READ),
         (Surface.DICOMWEB, "GET", "/studies/{study}/series/{series}/rendered", IMAGING_READ),
         (Surface.DICOMWEB, "POST", "/studies", STOW),
+        (Surface.DICOMWEB, "GET", "/wado", IMAGING_READ),
     ],
 )
 def test_need_of(surface: Surface, method: str, template: str, need: Need | None) -> None:
@@ -114,6 +115,10 @@ def test_a_route_not_listed_is_unknown(surface: Surface, method: str, template: 
         ("/fhir/ImagingStudy", Surface.FHIR),
         ("/fhir/Patient/p/ImagingStudy", Surface.FHIR),
         ("/dicom-webx/studies", Surface.FHIR),
+        ("/wado", Surface.DICOMWEB),
+        ("/fhir/Patient/p/$wado-rs/wado", Surface.DICOMWEB),
+        ("/wadox", Surface.FHIR),
+        ("/fhir/wado", Surface.FHIR),
     ],
 )
 def test_surface_of(path: str, surface: Surface) -> None:

@@ -259,7 +259,7 @@ def test_frames_decoding_at_once_hold_at_most_the_limit_between_them(
     decoding = 0
     seen = 0
     lock = threading.Lock()
-    real = render_module.decode_frame
+    real = render_module.decode_with_header
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         nonlocal decoding, seen
@@ -273,7 +273,7 @@ def test_frames_decoding_at_once_hold_at_most_the_limit_between_them(
             with lock:
                 decoding -= 1
 
-    monkeypatch.setattr(render_module, "decode_frame", counted)
+    monkeypatch.setattr(render_module, "decode_with_header", counted)
 
     def one(_: int) -> bytes:
         with PixelDataFile(path) as source:

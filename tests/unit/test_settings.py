@@ -52,11 +52,23 @@ def test_defaults_and_derived_urls() -> None:
         ({"PACSFHIR_PORT": "eighty"}, "port"),
         ({"PACSFHIR_AUTH": "maybe"}, "auth"),
         ({"PACSFHIR_CONFIG": "/nonexistent.toml"}, "cannot read"),
+        ({"PACSFHIR_TRUSTED_PROXIES": "10.0.0.1, proxy.example"}, "trusted_proxies"),
+        ({"PACSFHIR_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies"),
     ],
 )
 def test_bad_settings_are_clear_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         load_settings({}, env)
+
+
+def test_trusted_proxies_are_addresses_and_networks() -> None:
+    settings = load_settings({}, {"PACSFHIR_TRUSTED_PROXIES": " 10.1.2.3 ,192.168.0.0/16,::1,"})
+    assert [str(n) for n in settings.trusted_proxy_networks] == [
+        "10.1.2.3/32",
+        "192.168.0.0/16",
+        "::1/128",
+    ]
+    assert load_settings({}, {}).trusted_proxy_networks == ()
 
 
 def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pacsfhir.allocator import tune_for_streaming
 from pacsfhir.api import audit, dicomweb, fhir, patients
 from pacsfhir.api.context import request_context
 from pacsfhir.api.devmode import LoopbackOnly, check_auth_mode, warn_development_mode
+from pacsfhir.api.forwarded import ForwardedHeaders
 from pacsfhir.api.guards import RejectNul
 from pacsfhir.api.identity import EhrLinker
 from pacsfhir.api.recorder import AuditMiddleware, AuditWriter
@@ -49,6 +50,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     from ``settings`` and closed when the app shuts down. Refuses (ConfigurationError) an
     unknown authorization mode or its missing settings, and development mode off loopback."""
     check_auth_mode(settings)
+    proxies = settings.trusted_proxy_networks  # ConfigurationError when malformed
     # One token for both surfaces: an app's token names the FHIR base as its audience
     # (SMART's aud), and the same token retrieves from the DICOMweb base it was given.
     audiences = (settings.fhir_base_url, settings.dicomweb_base_url)
@@ -111,7 +113,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     app.add_middleware(RejectNul)
     if settings.auth == "none":
         warn_development_mode()
-        app.add_middleware(LoopbackOnly)  # outermost: added last
+        app.add_middleware(LoopbackOnly)
+    app.add_middleware(ForwardedHeaders, networks=proxies)  # outermost: added last
     for router in FHIR_ROUTERS:
         app.include_router(router, dependencies=[Depends(request_context)])
     dicomweb.mount(app)

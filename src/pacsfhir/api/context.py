@@ -7,6 +7,12 @@ route cannot miss it). It gathers the archive, the caller, the request's ``Scope
 whole index, or one patient's studies under ``/fhir/Patient/{id}/...``; a token's patient
 will narrow it further) and the public base URLs. Handlers read it with ``context_of``
 and pass its scope to the index; none decides access by itself.
+
+The context is also the one place that decides the request's public base, which every
+absolute URL (Retrieve URLs, BulkDataURIs, Endpoint addresses, Bundle links, Location)
+starts with: ``PACSFHIR_BASE_URL`` when set; else what a trusted reverse proxy says the
+client asked for (``api.forwarded``; a malformed header from one is 400); else
+``http://<host>:<port>``.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from pacsfhir.api.forwarded import STATE_KEY as FORWARDING_KEY
+from pacsfhir.api.forwarded import Forwarding, ForwardingError
 from pacsfhir.api.identity import EhrLinker
 from pacsfhir.api.recorder import note_caller
 from pacsfhir.archive import Archive
 from pacsfhir.auth.policy import Need, Surface, decide, need_of, surface_of
 from pacsfhir.auth.scopes import Grant, parse_scopes
 from pacsfhir.auth.tokens import TokenVerifier
-from pacsfhir.errors import Forbidden, Unauthorized
+from pacsfhir.errors import BadRequest, Forbidden, Unauthorized
 from pacsfhir.index.scope import Scope
 from pacsfhir.settings import Settings
 from pacsfhir.store.base import Store
@@ -54,22 +62,48 @@ class RequestContext:
     caller: Caller
     scope: Scope
     path_patient: str | None  # the {patient_id} of a /fhir/Patient/{id}/... path
+    public_base: str = ""  # scheme://host[:port][/prefix] of this request ("": settings')
 
     @property
     def settings(self) -> Settings:
         return self.archive.settings
 
     @property
+    def base(self) -> str:
+        return self.public_base or self.settings.public_base_url
+
+    @property
     def fhir_base(self) -> str:
-        return self.settings.fhir_base_url
+        return self.base + "/fhir"
+
+    @property
+    def archive_dicomweb_base(self) -> str:
+        """The DICOMweb base over the whole archive, whatever path the request took."""
+        return self.base + DICOMWEB_PREFIX
+
+    def patient_dicomweb_base(self, patient_id: str) -> str:
+        return f"{self.fhir_base}/Patient/{patient_id}/$wado-rs"
 
     @property
     def dicomweb_base(self) -> str:
         """The DICOMweb base this request came through (public URL, patient-scoped under
         ``/fhir/Patient/{id}/$wado-rs``)."""
         if self.path_patient is None:
-            return self.settings.dicomweb_base_url
-        return f"{self.fhir_base}/Patient/{self.path_patient}/$wado-rs"
+            return self.archive_dicomweb_base
+        return self.patient_dicomweb_base(self.path_patient)
+
+
+def public_base(request: Request) -> str:
+    """The request's public base (see the module's docstring)."""
+    settings: Settings = request.app.state.archive.settings
+    if settings.base_url:
+        return settings.public_base_url
+    forwarding = request.scope.get("state", {}).get(FORWARDING_KEY)
+    if isinstance(forwarding, ForwardingError):
+        raise BadRequest(f"the proxy's forwarding headers cannot be used: {forwarding}")
+    if isinstance(forwarding, Forwarding) and forwarding.origin:
+        return forwarding.origin
+    return settings.public_base_url
 
 
 def _need(request: Request) -> Need | None:
@@ -112,8 +146,9 @@ def _build(request: Request) -> RequestContext:
     need = _need(request)
     path_patient = request.path_params.get("patient_id")
     scope = Scope().narrow(path_patient)
+    base = public_base(request)
     if need is None:  # public: capabilities and discovery
-        return RequestContext(archive, store, PUBLIC_CALLER, scope, path_patient)
+        return RequestContext(archive, store, PUBLIC_CALLER, scope, path_patient, base)
     caller = _caller(request)
     note_caller(request, caller)  # the audit log names the caller of a refused request too
     access = decide(caller.grant, caller.patient, need)
@@ -122,7 +157,7 @@ def _build(request: Request) -> RequestContext:
     if need.permission in "rs":  # a write names the patient it writes: no look-up
         _look_up_patients(request, caller.patient, path_patient)
     scope = scope.narrow(access.patient).restrict(access.restrictions)  # 403: none usable
-    return RequestContext(archive, store, caller, scope, path_patient)
+    return RequestContext(archive, store, caller, scope, path_patient, base)
 
 
 def _look_up_patients(request: Request, *patient_ids: str | None) -> None:

@@ -13,18 +13,25 @@ serve`` or any ASGI server running ``create_app``):
   from 127.0.0.1 by default) put the real client's address in the scope, so remote
   clients are refused there too. Scopes without an IP (a Unix socket, the in-process
   test client) are local by construction.
+- and a request whose forwarding headers (``Forwarded`` for=, ``X-Forwarded-For``,
+  ``X-Real-IP``) name any client that is not a loopback address gets 403 too, whoever
+  sent them and whatever the ASGI server made of them: a proxy relaying a remote client
+  is refused even when the server does not rewrite the client address (``pacsfhir
+  serve`` leaves that to pacsfhir, ``api.forwarded``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pacsfhir.api.forwarded import header_map, named_clients
+from pacsfhir.api.responses import dicomweb_error, outcome_response
+from pacsfhir.auth.policy import Surface, surface_of
 from pacsfhir.errors import ConfigurationError
-from pacsfhir.mapping.bundle import operation_outcome
 from pacsfhir.settings import Settings
 
 IMPLEMENTED_AUTH_MODES = ("none", "introspection", "jwt")
@@ -79,8 +86,9 @@ def warn_development_mode() -> None:
 
 
 class LoopbackOnly:
-    """ASGI middleware of development mode: requests from or to a non-loopback address get
-    403 with an OperationOutcome saying why."""
+    """ASGI middleware of development mode: requests from or to a non-loopback address, or
+    relayed for one, get 403 saying why (an OperationOutcome, or PS3.18's error on
+    DICOMweb routes)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -91,27 +99,17 @@ class LoopbackOnly:
             return
         client = (scope.get("client") or (None,))[0]
         server = (scope.get("server") or (None,))[0]
-        if not (_is_remote_ip(client) or _is_remote_ip(server)):
+        named = named_clients(header_map(scope.get("headers", [])))
+        relayed = any(n is None or not is_loopback(n) for n in named)
+        if not (_is_remote_ip(client) or _is_remote_ip(server) or relayed):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps(
-            operation_outcome(
-                "error",
-                "forbidden",
-                "development mode (PACSFHIR_AUTH=none) serves loopback clients only",
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [
-                    (b"content-type", b"application/fhir+json; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = "development mode (PACSFHIR_AUTH=none) serves loopback clients only"
+        if surface_of(scope.get("path", "")) is Surface.DICOMWEB:
+            response: Response = dicomweb_error(403, message)
+        else:
+            response = outcome_response(403, "forbidden", message)
+        await response(scope, receive, send)

@@ -1,5 +1,7 @@
 """The DICOMweb surface (PS3.18), mounted twice: at ``/dicom-web`` over the whole archive
-and at ``/fhir/Patient/{patient_id}/$wado-rs`` over one patient's studies only.
+and at ``/fhir/Patient/{patient_id}/$wado-rs`` over one patient's studies only. WADO-URI
+(``api.wado_uri``) sits at ``/wado``, where other servers put it, and at
+``/fhir/Patient/{patient_id}/$wado-rs/wado``.
 
 Handlers get their ``Scope`` from the request context (``api.context``).
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from pacsfhir.api import qido, rendered, stow, wado
+from pacsfhir.api import qido, rendered, stow, wado, wado_uri
 from pacsfhir.api.context import DICOMWEB_PREFIX, PATIENT_PREFIX, request_context
 
 # In this order, as they were when WADO-RS was one router: rendered after the rest of WADO-RS.
@@ -21,3 +23,5 @@ def mount(app: FastAPI) -> None:
     for router in ROUTERS:
         app.include_router(router, prefix=DICOMWEB_PREFIX, dependencies=context)
         app.include_router(router, prefix=PATIENT_PREFIX, dependencies=context)
+    app.include_router(wado_uri.router, dependencies=context)
+    app.include_router(wado_uri.router, prefix=PATIENT_PREFIX, dependencies=context)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pacsfhir.api.bodies import bounded_body, media_type
-from pacsfhir.api.context import context_of
+from pacsfhir.api.context import RequestContext, context_of
 from pacsfhir.api.guards import NUL_MESSAGE
 from pacsfhir.api.responses import FhirResponse, check_format, pretty_requested, read_response
 from pacsfhir.errors import (
@@ -93,13 +93,13 @@ def read_endpoint(request: Request, endpoint_id: str) -> Response:
     store, scope = context.store, context.scope
     patient_id = endpoint_patient(endpoint_id, [*scope.patients, *store.long_patient_ids()])
     if endpoint_id == ENDPOINT_ID:
-        resource = endpoint_resource(context.settings.dicomweb_base_url)
+        resource = endpoint_resource(context.archive_dicomweb_base)
     elif (
         patient_id is not None
         and scope.admits(patient_id)
         and store.patient_visible(patient_id, scope)
     ):
-        resource = _patient_endpoint(context.settings, patient_id)
+        resource = _patient_endpoint(context, patient_id)
     else:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
     return FhirResponse(resource, headers={"ETag": 'W/"1"'}, pretty=pretty_requested(request))
@@ -111,9 +111,9 @@ def _endpoint_id(scope: Scope) -> str:
     return patient_endpoint_id(scope.patient_id) if scope.patient_id else ENDPOINT_ID
 
 
-def _patient_endpoint(settings: Settings, patient_id: str) -> dict[str, Any]:
+def _patient_endpoint(context: RequestContext, patient_id: str) -> dict[str, Any]:
     """The Endpoint of one patient's DICOMweb base, where only their studies exist."""
-    address = f"{settings.fhir_base_url}/Patient/{patient_id}/$wado-rs"
+    address = context.patient_dicomweb_base(patient_id)
     return endpoint_resource(address, patient_endpoint_id(patient_id))
 
 
@@ -166,7 +166,7 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
     search = parse_search(
         pairs,
         strict=_strict(request),
-        fhir_base=settings.fhir_base_url,
+        fhir_base=context.fhir_base,
         default_count=settings.default_count,
         max_count=settings.max_count,
     )
@@ -175,7 +175,7 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
     page = context.store.search_studies(search, scope, endpoint_id, with_instances)
     rows = page.studies
     subjects = context.store.subjects(rows, scope) if "subject" in search.includes else []
-    fhir_base = settings.fhir_base_url
+    fhir_base = context.fhir_base
     matches = []
     for row in rows:
         resource = imaging_study(
@@ -193,12 +193,12 @@ def _search(request: Request, pairs: list[tuple[str, str]], base_path: str) -> R
     included = [(f"{fhir_base}/Patient/{p['id']}", p) for p in subjects]
     if "endpoint" in search.includes and rows:
         endpoint = (
-            _patient_endpoint(settings, scope.patient_id)
+            _patient_endpoint(context, scope.patient_id)
             if scope.patient_id is not None
-            else endpoint_resource(settings.dicomweb_base_url)
+            else endpoint_resource(context.archive_dicomweb_base)
         )
         included.append((f"{fhir_base}/Endpoint/{endpoint_id}", endpoint))
-    base = settings.public_base_url + base_path
+    base = context.base + base_path
     next_url = None
     if page.next_cursor is not None:
         next_url = link_url(base, [*search.used, ("_cursor", encode_cursor(page.next_cursor))])

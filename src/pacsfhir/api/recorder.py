@@ -26,7 +26,7 @@ from fastapi import Request
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacsfhir.auth.policy import Surface, need_of, surface_of
+from pacsfhir.auth.policy import WADO_URI, Surface, need_of, surface_of
 from pacsfhir.index import audit
 from pacsfhir.mapping.audit import outcome_of
 from pacsfhir.vocabulary.dates import US_PER_SECOND
@@ -168,6 +168,8 @@ def record_of(
 
 def _full_route(scope: Scope, template: str) -> str:
     path_params = scope.get("path_params", {})
+    if "patient_id" not in path_params and template == WADO_URI:
+        return template
     base = "/fhir/Patient/{patient_id}/$wado-rs" if "patient_id" in path_params else "/dicom-web"
     return base + template
 

@@ -26,9 +26,13 @@ class Surface(Enum):
     DICOMWEB = "dicomweb"  # /dicom-web and /fhir/Patient/{id}/$wado-rs alike
 
 
+WADO_URI = "/wado"
+
+
 def surface_of(path: str) -> Surface:
-    """DICOMweb under ``/dicom-web/`` and under a patient's ``$wado-rs`` base, else FHIR."""
-    if path.startswith("/dicom-web/") or "/$wado-rs" in path:
+    """DICOMweb under ``/dicom-web/``, under a patient's ``$wado-rs`` base and at
+    WADO-URI's ``/wado``, else FHIR."""
+    if path.startswith("/dicom-web/") or "/$wado-rs" in path or path == WADO_URI:
         return Surface.DICOMWEB
     return Surface.FHIR
 
@@ -70,6 +74,8 @@ NEEDS: dict[tuple[Surface, str, str], Need | None] = {
     **{(Surface.DICOMWEB, "GET", path): IMAGING_SEARCH for path in _QIDO},
     (Surface.DICOMWEB, "POST", "/studies"): Need("ImagingStudy", "c"),
     (Surface.DICOMWEB, "POST", "/studies/{study_uid}"): Need("ImagingStudy", "c"),
+    # WADO-URI names one instance in its query: a retrieve, like WADO-RS's
+    (Surface.DICOMWEB, "GET", WADO_URI): IMAGING_READ,
     (Surface.FHIR, "GET", "/fhir/AuditEvent"): Need("AuditEvent", "s"),
     (Surface.FHIR, "GET", "/fhir/AuditEvent/{event_id}"): Need("AuditEvent", "r"),
 }

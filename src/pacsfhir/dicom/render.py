@@ -38,6 +38,8 @@ from pydicom.pixels.utils import as_pixel_options
 
 from pacsfhir.dicom.budget import SampleBudget
 from pacsfhir.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, PixelDataFile, media_type_of
+from pacsfhir.dicom.jpeg_scan import repair_sequential_scan
+from pacsfhir.dicom.pixel_defaults import FrameFacts, completed
 from pacsfhir.errors import PayloadTooLarge
 
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
@@ -50,6 +52,11 @@ _PIXEL_KEYWORDS = {0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelDa
 LIMIT_SETTING = "PACSFHIR_MAX_RENDER_PIXELS"
 BAND_SAMPLES = 1 << 18  # the LUTs run over bands of rows of about this many samples
 RENDERING = SampleBudget()  # what the frames being decoded in this process hold
+
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+# segments of an RLE frame -> (samples per pixel, bits): a segment is one byte of a sample
+_RLE_SEGMENTS = {1: (1, 8), 2: (1, 16), 3: (3, 8), 4: (1, 32), 6: (3, 16)}
 
 
 class RenderError(Exception):
@@ -94,7 +101,8 @@ _MANTISSA = r"(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})"
 _DECIMAL = re.compile(rf"[+-]?{_MANTISSA}(?:[eE][+-]?[0-9]{{1,3}})?")
 
 
-def _integer(text: str, name: str, low: int, high: int) -> int:
+def parse_integer(text: str, name: str, low: int, high: int) -> int:
+    """A whole number of at most 9 ASCII digits within [low, high]; raises ValueError."""
     text = text.strip()
     if not _INTEGER.fullmatch(text):
         raise ValueError(f"{name} must be a whole number, not {text[:24]!a}")
@@ -104,7 +112,8 @@ def _integer(text: str, name: str, low: int, high: int) -> int:
     return value
 
 
-def _decimal(text: str, name: str) -> float:
+def parse_decimal(text: str, name: str) -> float:
+    """A finite decimal number (no inf, nan or hex); raises ValueError."""
     text = text.strip()
     value = float(text) if _DECIMAL.fullmatch(text) else math.nan
     if not math.isfinite(value):
@@ -117,8 +126,14 @@ def parse_window(text: str) -> Window:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 3):
         raise ValueError("window is center,width[,function]")
-    center, width = _decimal(parts[0], "window center"), _decimal(parts[1], "window width")
-    function = parts[2].lower() if len(parts) == 3 else "linear"
+    center = parse_decimal(parts[0], "window center")
+    width = parse_decimal(parts[1], "window width")
+    return checked_window(center, width, parts[2].lower() if len(parts) == 3 else "linear")
+
+
+def checked_window(center: float, width: float, function: str = "linear") -> Window:
+    """A window PS3.3 C.11.2.1.2 allows (a known function, a width the function can
+    divide by); raises ValueError."""
     if function not in _FUNCTIONS:
         raise ValueError(f"window function must be one of {', '.join(_FUNCTIONS)}")
     if width <= 0 or (function == "linear" and width < 1):
@@ -131,20 +146,20 @@ def parse_viewport(text: str) -> Viewport:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (2, 6):
         raise ValueError("viewport is vw,vh[,sx,sy,sw,sh]")
-    width = _integer(parts[0], "viewport width", 1, MAX_VIEWPORT)
-    height = _integer(parts[1], "viewport height", 1, MAX_VIEWPORT)
+    width = parse_integer(parts[0], "viewport width", 1, MAX_VIEWPORT)
+    height = parse_integer(parts[1], "viewport height", 1, MAX_VIEWPORT)
     if len(parts) == 2:
         return Viewport(width, height)
     names = ("sx", "sy", "sw", "sh")
     sx, sy, sw, sh = (
-        _integer(p, f"viewport {n}", -MAX_REGION, MAX_REGION) if p else 0
+        parse_integer(p, f"viewport {n}", -MAX_REGION, MAX_REGION) if p else 0
         for p, n in zip(parts[2:], names, strict=True)
     )
     return Viewport(width, height, (sx, sy, sw, sh))
 
 
 def parse_quality(text: str) -> int:
-    return _integer(text, "quality", 1, 100)
+    return parse_integer(text, "quality", 1, 100)
 
 
 # -- geometry: what the viewport shows, and how large it draws it ------------------------
@@ -222,20 +237,57 @@ def check_output_size(size: tuple[int, int], channels: int, options: RenderOptio
 # -- decoding ----------------------------------------------------------------------------
 
 
-def _codestream_shape(data: bytes, transfer_syntax: str) -> tuple[int, int, int] | None:
-    """(rows, columns, components) a JPEG-family codestream says it holds, read from its
-    own header: what its decoder will allocate, whatever the DICOM header says."""
+def _codestream(data: bytes, transfer_syntax: str) -> dict[str, Any]:
+    """What a JPEG-family codestream says it holds, read from its own header (rows,
+    columns, components, precision, signedness): what its decoder will allocate,
+    whatever the DICOM header says; {} when it cannot be read (the decoder will say)."""
     media = media_type_of(transfer_syntax)
     try:
         if media in ("image/jpeg", "image/jls"):
             jpeg = jpeg_parameters(data)
-            return int(jpeg["rows"]), int(jpeg["columns"]), int(jpeg["nr_components"])
+            shape = (int(jpeg["rows"]), int(jpeg["columns"]), int(jpeg["nr_components"]))
+            return {"shape": shape, "precision": int(jpeg["precision"])}
         if media in ("image/jp2", "image/jpx", "image/jphc"):
             j2k = j2k_parameters(data)
-            return int(j2k["rows"]), int(j2k["columns"]), int(j2k["samples_per_pixel"])
+            shape = (int(j2k["rows"]), int(j2k["columns"]), int(j2k["samples_per_pixel"]))
+            return {"shape": shape, "precision": int(j2k["precision"]), "signed": j2k["is_signed"]}
     except (RuntimeError, ValueError, KeyError, TypeError):
-        return None  # the decoder will say what is wrong
-    return None
+        return {}
+    if transfer_syntax == RLE_LOSSLESS and len(data) >= 4:  # PS3.5 G.5: segments per frame
+        layout = _RLE_SEGMENTS.get(int.from_bytes(data[:4], "little"))
+        if layout is not None:
+            return {"shape": (0, 0, layout[0]), "precision": layout[1]}
+    return {}
+
+
+def _native_frame(source: PixelDataFile, index: int, header: Dataset) -> bytes | bytearray:
+    """Frame ``index`` of a native value, sized by ``header`` (completed: ``frames``
+    sizes it by the stored header, whose gaps it fills with other guesses)."""
+    if header is source.header:
+        return source.frame(index)
+    rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+    size = rows * columns * int(header.SamplesPerPixel) * int(header.BitsAllocated) // 8
+    start, taken, parts = index * size, 0, []
+    for chunk in source.value_chunks():
+        low, high = max(start - taken, 0), min(start + size - taken, len(chunk))
+        if low < high:
+            parts.append(chunk[low:high])
+        taken += len(chunk)
+        if taken >= start + size:
+            break
+    return b"".join(parts)
+
+
+def pixel_header(source: PixelDataFile, codestream: dict[str, Any] | None = None) -> Dataset:
+    """The header with the Image Pixel attributes it lacks filled in (``pixel_defaults``)."""
+    facts = FrameFacts(
+        source.transfer_syntax,
+        components=(codestream or {}).get("shape", (0, 0, None))[2],
+        precision=(codestream or {}).get("precision"),
+        signed=(codestream or {}).get("signed"),
+        native_bytes=None if source.encapsulated else source.length,
+    )
+    return completed(source.header, facts)
 
 
 def decode_frame(
@@ -244,26 +296,42 @@ def decode_frame(
     """Frame ``index`` as an array (rows, columns[, samples]) and its photometric
     interpretation after decoding (YBR comes out as RGB). Native frames are decoded as
     a read-only view of the bytes read."""
+    array, interpretation, _ = decode_with_header(source, index, max_pixels)
+    return array, interpretation
+
+
+def decode_with_header(
+    source: PixelDataFile, index: int, max_pixels: int | None = None
+) -> tuple[np.ndarray, str, Dataset]:
+    """``decode_frame``, and the header it decoded by (``pixel_header``)."""
     if not source.has_pixel_data:
         raise RenderError("the instance has no pixel data")
-    options: dict[str, Any] = as_pixel_options(source.header)
-    options["number_of_frames"] = 1
-    options["pixel_keyword"] = _PIXEL_KEYWORDS.get(source.pixel_tag or 0, "PixelData")
-    options.pop("extended_offsets", None)
     src: bytes | bytearray
     if source.encapsulated:
         transfer_syntax = source.transfer_syntax
         data = bytes(source.frame(index))
-        shape = _codestream_shape(data, transfer_syntax)
-        if shape is not None:
-            check_frame_size(*shape, max_pixels, f"frame {index + 1}'s codestream")
+        if media_type_of(transfer_syntax) == "image/jpeg":
+            data = repair_sequential_scan(data)
+        codestream = _codestream(data, transfer_syntax)
+        if "shape" in codestream and transfer_syntax != RLE_LOSSLESS:
+            rows, columns, components = codestream["shape"]
+            check_frame_size(
+                rows, columns, components, max_pixels, f"frame {index + 1}'s codestream"
+            )
+        header = pixel_header(source, codestream)
         src = encapsulate([data], has_bot=False)
         del data
     else:  # frames.py hands native frames over little endian and byte-aligned
         transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN
+        header = pixel_header(source)
+        src = _native_frame(source, index, header)
+    options: dict[str, Any] = as_pixel_options(header)
+    options["number_of_frames"] = 1
+    options["pixel_keyword"] = _PIXEL_KEYWORDS.get(source.pixel_tag or 0, "PixelData")
+    options.pop("extended_offsets", None)
+    if not source.encapsulated:
         options["pixel_vr"] = "OB" if int(options.get("bits_allocated", 8)) <= 8 else "OW"
         options["view_only"] = True
-        src = source.frame(index)
     options["transfer_syntax_uid"] = pydicom.uid.UID(transfer_syntax)
     try:
         decoder = get_decoder(options["transfer_syntax_uid"])
@@ -273,7 +341,7 @@ def decode_frame(
     except (RuntimeError, ValueError, AttributeError, KeyError) as exc:
         raise RenderError(f"cannot decode the frame: {exc}") from exc
     interpretation = str(meta.get("photometric_interpretation", "MONOCHROME2"))
-    return array, interpretation
+    return array, interpretation, header
 
 
 def frame_attributes(header: Dataset, index: int) -> Dataset:
@@ -512,9 +580,9 @@ def render(source: PixelDataFile, index: int, options: RenderOptions) -> bytes:
     with held, warnings.catch_warnings():  # pydicom warns about odd but decodable data
         warnings.simplefilter("ignore")
         try:
-            array, interpretation = decode_frame(source, index, options.max_pixels)
+            array, interpretation, header = decode_with_header(source, index, options.max_pixels)
             view = source_view(array, region, size)
-            attributes = frame_attributes(source.header, index)
+            attributes = frame_attributes(header, index)
             image = to_image(array, view, attributes, interpretation, options)
         except _BAD_DATA as exc:  # what pydicom and numpy raise on odd attributes
             raise RenderError(f"cannot render the frame: {exc}") from exc
