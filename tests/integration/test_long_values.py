@@ -4,9 +4,11 @@ that, and the stored file (WADO-RS, its metadata) stays whole, byte for byte."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
@@ -64,12 +66,17 @@ def test_a_10_mb_patient_name_is_kept_short_in_answers_and_whole_in_the_file(
         assert qido.status_code == 200, qido.text[:300]
         assert len(qido.content) < 20_000
         assert qido.json()[0]["00100010"]["Value"][0]["Alphabetic"] == PN_PART
-        dicom = client.get(
-            f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
-            headers={"Accept": "application/dicom"},
-        )
+        instance_url = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+        dicom = client.get(instance_url, headers={"Accept": "application/dicom; transfer-syntax=*"})
         assert dicom.status_code == 200
         assert dicom.content == path.read_bytes()
+        if implicit:  # PS3.18 8.7.3: Explicit VR Little Endian, the long PN as UN (8.7.3.4)
+            converted = client.get(instance_url, headers={"Accept": "application/dicom"})
+            assert converted.status_code == 200
+            written = pydicom.dcmread(io.BytesIO(converted.content))
+            assert written.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+            assert written["PatientName"].VR == "UN"
+            assert written["PatientName"].value == NAME.encode()
         metadata = client.get(f"/dicom-web/studies/{study}/metadata")
         assert metadata.status_code == 200
         (instance,) = metadata.json()

@@ -289,3 +289,37 @@ def test_explicit_vr_pixels_equal_orthancs(transcoding: Transcoding, own_orthanc
             assert difference <= (2 if is_lossy(syntax) else 0), (label, difference)
             compared += 1
     assert compared >= 20, compared
+
+
+def test_a_study_of_mixed_syntaxes_in_explicit_vr_little_endian(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """One study (on SQLite and PostgreSQL) whose instances are stored JPEG baseline, RLE,
+    JPEG 2000 lossless and implicit VR: asked in Explicit VR Little Endian, every part is,
+    one instance after another, each with pydicom's decode of its source as pixels."""
+    names = ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_jp2klossless.dcm"]
+    names.append("MR_small_implicit.dcm")
+    study = pydicom.uid.generate_uid()
+    sources = {}
+    for n, name in enumerate(names):
+        found = pydicom.data.get_testdata_file(name)
+        assert found is not None, name
+        ds = write_variant(_read(str(found)), tmp_path / "in" / f"{n}.dcm", study_uid=study)
+        sources[ds.SOPInstanceUID] = ds
+    summary = ingest([str(tmp_path / "in")], archive.engine, archive.blobs, workers=1)
+    assert summary.counts == {"stored": len(names)}, summary
+    with LiveServer(archive) as server:
+        client = DICOMwebClient(f"{server.base_url}/dicom-web")
+        got = client.retrieve_study(study, media_types=(("application/dicom", EXPLICIT),))
+        assert sorted(ds.SOPInstanceUID for ds in got) == sorted(sources)
+        for ds in got:
+            source = sources[ds.SOPInstanceUID]
+            assert ds.file_meta.TransferSyntaxUID == EXPLICIT
+            assert np.array_equal(ds.pixel_array, source.pixel_array)
+        default = httpx.get(
+            f"{server.base_url}/dicom-web/studies/{study}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+            timeout=60,
+        )
+        served = {p.get_param("transfer-syntax") for p in parse_multipart(default)}
+        assert served == {EXPLICIT, "1.2.840.10008.1.2.4.50"}  # the lossy one as stored
