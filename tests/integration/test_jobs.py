@@ -151,12 +151,13 @@ def test_a_job_whose_worker_died_runs_again_then_fails_saying_so(
         time.sleep(0.05)
     assert handler.calls == 1  # taken back and run
 
-    store.submit(engine, "find:doomed", "find", {"n": 3}, now)
+    # a kind the running workers do not take, so only the dead processes below claim it
+    store.submit(engine, "audit:doomed", "audit", {"n": 3}, now)
     for owner in ("dead-1", "dead-2"):  # two attempts, each by a process that died
-        assert store.claim(engine, owner, now, ("find",)) is not None
+        assert store.claim(engine, owner, now, ("audit",)) is not None
         store.recover_stuck(engine, time.time_ns() // 1000 + 1, 2, time.time_ns() // 1000)
     with engine.connect() as conn:
-        doomed = store.get(conn, "find:doomed")
+        doomed = store.get(conn, "audit:doomed")
     assert doomed is not None
     assert doomed.state == store.FAILED
     assert "stuck" in (doomed.error or "")
