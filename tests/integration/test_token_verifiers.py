@@ -509,18 +509,18 @@ def test_introspection_inactive_cached_briefly(issuer: TestIssuer) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [
-        ({"exp": int(time.time()) - 5}, "expired"),
-        ({"nbf": int(time.time()) + 600}, "not yet valid"),
-        ({"aud": "https://elsewhere.example"}, "audience"),
-        ({"aud": ["a", "b"]}, "audience"),
-        ({"iss": "https://elsewhere.example"}, "issuer"),
+    [  # times relative to when the test runs (the suite may take longer than any offset)
+        (lambda now: {"exp": now - 5}, "expired"),
+        (lambda now: {"nbf": now + 600}, "not yet valid"),
+        (lambda now: {"aud": "https://elsewhere.example"}, "audience"),
+        (lambda now: {"aud": ["a", "b"]}, "audience"),
+        (lambda now: {"iss": "https://elsewhere.example"}, "issuer"),
     ],
 )
 def test_introspection_active_but_not_for_us_is_401(
-    issuer: TestIssuer, changes: dict[str, Any], message: str
+    issuer: TestIssuer, changes: Callable[[int], dict[str, Any]], message: str
 ) -> None:
-    issuer.answers["tok"] = active(issuer, **changes)
+    issuer.answers["tok"] = active(issuer, **changes(int(time.time())))
     with pytest.raises(Unauthorized, match=message):
         introspection_verifier(issuer).verify("tok")
 
