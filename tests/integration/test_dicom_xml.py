@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pydicom
 import pytest
@@ -361,3 +363,163 @@ def test_metadata_xml_matches_dcmtk(served: Served, name: str) -> None:
         got = served.client.get(uri, headers={"Accept": "application/octet-stream"})
         assert got.status_code == 200, uri
         assert _same_bytes(got.content, expected), uri
+
+
+# -- against the JSON answer of the same request --------------------------------------
+
+
+def _name_text(groups: dict[str, str]) -> str:
+    order = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
+    return "^".join(groups.get(c, "") for c in order).rstrip("^")
+
+
+def _json_value_matches(vr: str, json_value: Any, text: str) -> bool:
+    if json_value is None:
+        return text == ""
+    if isinstance(json_value, bool) or not isinstance(json_value, int | float):
+        return bool(text == str(json_value))
+    if vr in ("FL", "OF"):  # written at single precision: the same 32-bit float
+        return struct.pack("<f", float(text)) == struct.pack("<f", json_value)
+    return float(text) == json_value
+
+
+def json_xml_differences(
+    where: str, json_set: dict[str, Any], xml_set: dict[Key, Attribute]
+) -> list[str]:
+    """Where an XML data set says something else than the DICOM JSON one (PS3.18 F.2 and
+    PS3.19 A.1 read side by side, independently of ``dicom.native_xml``)."""
+    differences = []
+    creators = {
+        int(k, 16): v["Value"][0]
+        for k, v in json_set.items()
+        if int(k, 16) >> 16 & 1 and 0x10 <= int(k, 16) & 0xFFFF <= 0xFF and v.get("Value")
+    }
+    expected_keys = set()
+    for key, element in json_set.items():
+        tag = int(key, 16)
+        if tag & 0xFFFF == 0:
+            continue
+        xml_key: Key = (key.upper(), None)
+        creator = creators.get(tag & 0xFFFF0000 | (tag & 0xFFFF) >> 8)
+        if tag >> 16 & 1 and tag & 0xFFFF >= 0x1000 and creator is not None:
+            xml_key = (f"{tag & 0xFFFF00FF:08X}", creator.strip())
+        expected_keys.add(xml_key)
+        found = xml_set.get(xml_key)
+        at = f"{where}{key}"
+        if found is None:
+            differences.append(f"{at}: not in the XML")
+            continue
+        if found.vr != element["vr"]:
+            differences.append(f"{at}: vr {found.vr} vs {element['vr']}")
+        values = element.get("Value")
+        if "BulkDataURI" in element:
+            if (found.kind, found.values) != ("BulkData", element["BulkDataURI"]):
+                differences.append(f"{at}: {found.kind} {found.values} vs BulkDataURI")
+        elif "InlineBinary" in element:
+            if (found.kind, found.values) != ("InlineBinary", element["InlineBinary"]):
+                differences.append(f"{at}: {found.kind} vs InlineBinary")
+        elif not values:
+            if found.kind != "empty":
+                differences.append(f"{at}: {found.kind} for an empty value")
+        elif element["vr"] == "SQ":
+            if found.kind != "Item" or len(found.values) != len(values):
+                differences.append(f"{at}: items differ")
+                continue
+            for n, (item, xml_item) in enumerate(zip(values, found.values, strict=True), 1):
+                differences += json_xml_differences(f"{at}/{n}/", item, xml_item)
+        elif element["vr"] == "PN":
+            names = [
+                {group: text.rstrip("^") for group, text in (name or {}).items() if text.strip("^")}
+                for name in values
+            ]
+            xml_names = [{g: _name_text(c) for g, c in name.items()} for name in found.values]
+            if found.kind != "PersonName" or names != xml_names:
+                differences.append(f"{at}: names {found.values} vs {values}")
+        elif found.kind != "Value" or len(found.values) != len(values):
+            differences.append(f"{at}: {found.kind} {found.values} vs {values}")
+        elif not all(
+            _json_value_matches(element["vr"], v, t)
+            for v, t in zip(values, found.values, strict=True)
+        ):
+            differences.append(f"{at}: {found.values} vs {values}")
+    differences += [f"{where}{k}: only in the XML" for k in set(xml_set) - expected_keys]
+    return differences
+
+
+def test_each_metadata_attribute_is_the_json_answers(served: Served) -> None:
+    """The metadata of a study, in JSON and in XML, instance by instance and attribute by
+    attribute (the made file: private sequences, escapes, AT, FL)."""
+    for name in ("chrX1.dcm", MADE, "rtplan.dcm", "eCT_Supplemental.dcm"):
+        ds = served.datasets[name]
+        url = f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata"
+        as_json = served.client.get(url, headers={"Accept": "application/dicom+json"}).json()
+        documents = xml_documents(served.client.get(url, headers={"Accept": XML}))
+        assert len(documents) == len(as_json) >= 1
+        for json_set, document in zip(as_json, documents, strict=True):
+            assert json_xml_differences("", json_set, read_native(document)) == []
+
+
+QUERIES = [
+    "/dicom-web/studies",
+    "/dicom-web/studies?includefield=all",
+    "/dicom-web/series?includefield=all",
+    "/dicom-web/instances?includefield=00991011&includefield=00990010",
+    "/dicom-web/instances?PatientName=Yamada*&includefield=all",
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_qido_xml_is_the_json_answer(served: Served, query: str) -> None:
+    """QIDO-RS in XML: one part per match (PS3.18 10.6.3.3), each valid and attribute by
+    attribute the JSON result of the same search; by header and by ``accept``."""
+    as_json = served.client.get(query).json()
+    for response in (
+        served.client.get(query, headers={"Accept": XML}),
+        served.client.get(query + ("&" if "?" in query else "?") + "accept=" + quote(XML)),
+    ):
+        documents = xml_documents(response)
+        assert len(documents) == len(as_json) >= 1
+        for json_set, document in zip(as_json, documents, strict=True):
+            assert json_xml_differences("", json_set, read_native(document)) == []
+
+
+def test_qido_xml_with_no_match_is_204(served: Served) -> None:
+    response = served.client.get(
+        "/dicom-web/studies", params={"PatientID": "nobody-has-this"}, headers={"Accept": XML}
+    )
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+def test_made_file_escapes_and_private_creators(served: Served) -> None:
+    """What the made file carries, read back from the XML as an XML reader sees it."""
+    path = served.instance_path(MADE) + "/metadata"
+    (document,) = xml_documents(served.client.get(path, headers={"Accept": XML}))
+    found = read_native(document)
+    assert found[("00990011", "PACSFHIR TEST")].values == [
+        "line one\r\nline two\ttabbed & <b>bold</b> ]]>"
+    ]
+    assert b"line one&#13;\nline two" in document  # a CR survives XML's line-end rules
+    assert found[("00990012", "PACSFHIR TEST")].values == ["00100010", "7FE00010"]
+    assert found[("00990014", "PACSFHIR TEST")].values == ["0.1", "-11.2", "3.4028235e+38"]
+    item = found[("00990010", "PACSFHIR TEST")].values[0]
+    assert item[("00990001", "PACSFHIR TEST")].values == ["R&D <nested> \"quoted\" 'single'"]
+    assert found[("00331001", None)].values == ["no creator for me"]  # no block to name
+    name = found[("00100010", None)].values[0]
+    assert name["Ideographic"] == {"FamilyName": "山田", "GivenName": "太郎"}
+    assert name["Phonetic"] == {"FamilyName": "やまだ", "GivenName": "たろう"}
+
+
+def test_single_instance_as_one_document(served: Served) -> None:
+    """A bare ``application/dicom+xml`` for one instance's metadata (PS3.18 10.4.4: a
+    single part media type for a single item); for a study it is 406."""
+    ds = served.datasets["CT_small.dcm"]
+    single = {"Accept": "application/dicom+xml"}
+    response = served.client.get(served.instance_path("CT_small.dcm") + "/metadata", headers=single)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+xml"
+    assert schema_errors(response.content) == []
+    assert read_native(response.content)[("00080018", None)].values == [ds.SOPInstanceUID]
+    study = f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata"
+    assert served.client.get(study, headers=single).status_code == 406
+    assert served.client.get(study, headers={"Accept": "application/xml"}).status_code == 406
