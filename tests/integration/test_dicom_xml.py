@@ -400,9 +400,9 @@ def json_xml_differences(
         if tag & 0xFFFF == 0:
             continue
         xml_key: Key = (key.upper(), None)
-        creator = creators.get(tag & 0xFFFF0000 | (tag & 0xFFFF) >> 8)
-        if tag >> 16 & 1 and tag & 0xFFFF >= 0x1000 and creator is not None:
-            xml_key = (f"{tag & 0xFFFF00FF:08X}", creator.strip())
+        creator = creators.get(tag & 0xFFFF0000 | (tag & 0xFFFF) >> 8, "").strip(" ")
+        if tag >> 16 & 1 and tag & 0xFFFF >= 0x1000 and creator:
+            xml_key = (f"{tag & 0xFFFF00FF:08X}", creator)
         expected_keys.add(xml_key)
         found = xml_set.get(xml_key)
         at = f"{where}{key}"

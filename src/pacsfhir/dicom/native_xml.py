@@ -125,8 +125,9 @@ def private_creators(dataset: Mapping[str, Any]) -> dict[int, str]:
         tag = int(key, 16)
         if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF and isinstance(element, Mapping):
             values = element.get("Value")
-            if isinstance(values, list) and values and isinstance(values[0], str):
-                creators[tag] = values[0].strip()
+            name = values[0] if isinstance(values, list) and values else None
+            if isinstance(name, str) and name.strip(" "):
+                creators[tag] = name.strip(" ")  # LO: leading and trailing spaces are padding
     return creators
 
 
