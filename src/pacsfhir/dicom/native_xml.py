@@ -52,7 +52,6 @@ _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _NOT_XML = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
 _TEXT_SPECIAL = re.compile(f"[&<>\r{_NOT_XML}]")
 _ATTRIBUTE_SPECIAL = re.compile(f'[&<>"\t\n\r{_NOT_XML}]')
-_NOT_XML_CHARACTER = re.compile(f"[{_NOT_XML}]")
 _REFERENCES = {
     "&": "&amp;",
     "<": "&lt;",
@@ -76,11 +75,6 @@ def escape_text(text: str) -> str:
 def escape_attribute(text: str) -> str:
     """``text`` as a double-quoted XML attribute value."""
     return _ATTRIBUTE_SPECIAL.sub(_replace, text) if _ATTRIBUTE_SPECIAL.search(text) else text
-
-
-def has_no_xml_form(text: str) -> bool:
-    """Whether ``text`` holds a character XML 1.0 cannot carry (written as U+FFFD)."""
-    return _NOT_XML_CHARACTER.search(text) is not None
 
 
 @lru_cache(maxsize=4096)
