@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from httpx import Response
 from pydicom.datadict import dictionary_is_retired
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -40,8 +40,14 @@ from pydicom.sequence import Sequence
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
-from tests.conftest import PYDICOM_DATA, _database_url, make_settings, skip_or_fail
-from tests.support.dicom_factory import load_template, write_variant
+from tests.conftest import (
+    PYDICOM_DATA,
+    LiveServer,
+    _database_url,
+    make_settings,
+    skip_or_fail,
+)
+from tests.support.dicom_factory import CT_SMALL, load_template, write_variant
 from tests.support.native_model import Attribute, Key, read_native, schema_errors
 
 XML = 'multipart/related; type="application/dicom+xml"'
@@ -153,7 +159,7 @@ def served(
             archive.close()
 
 
-def _parts(response: Response) -> list[email.message.Message]:
+def _parts(response: httpx.Response) -> list[email.message.Message]:
     head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
     message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
     assert message.get_content_type() == "multipart/related"
@@ -161,7 +167,7 @@ def _parts(response: Response) -> list[email.message.Message]:
     return list(message.iter_parts())
 
 
-def xml_documents(response: Response) -> list[bytes]:
+def xml_documents(response: httpx.Response) -> list[bytes]:
     """The parts of a multipart XML answer, each checked against PS3.19's schema."""
     assert response.status_code == 200, response.text
     documents = []
@@ -523,3 +529,21 @@ def test_single_instance_as_one_document(served: Served) -> None:
     study = f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata"
     assert served.client.get(study, headers=single).status_code == 406
     assert served.client.get(study, headers={"Accept": "application/xml"}).status_code == 406
+
+
+def test_xml_over_a_real_server(live_server: LiveServer) -> None:
+    """Through uvicorn and httpx (chunked, no Content-Length): a study's metadata and a
+    search in XML, each part valid and the JSON answer's, on the shared sample archive."""
+    ct = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
+    base = live_server.base_url + "/dicom-web"
+    for url in (f"{base}/studies/{ct.StudyInstanceUID}/metadata", f"{base}/series"):
+        as_json = httpx.get(url, headers={"Accept": "application/dicom+json"}).json()
+        response = httpx.get(url, headers={"Accept": XML})
+        if url.endswith("/metadata"):  # parts made as they are sent
+            assert "content-length" not in response.headers
+        else:  # search results are made whole
+            assert int(response.headers["content-length"]) == len(response.content)
+        documents = xml_documents(response)
+        assert len(documents) == len(as_json) >= 1
+        for json_set, document in zip(as_json, documents, strict=True):
+            assert json_xml_differences("", json_set, read_native(document)) == []
