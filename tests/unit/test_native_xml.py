@@ -207,3 +207,31 @@ def test_any_text_gives_a_valid_document_that_reads_back(
     named = creator.strip(" ")
     key = ("00110001", _as_xml_holds_it(named)) if named else ("00111001", None)
     assert found[key].values == ["x"]
+
+
+_NS = 'xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM"'
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        f"<NativeDicomModel {_NS}/>",  # no xml:space="preserve"
+        '<NativeDicomModel xml:space="preserve"/>',  # not in PS3.19's namespace
+        f'<NativeDicomModel {_NS} xml:space="preserve"><DicomAttribute tag="0008103e" '
+        'vr="LO"/></NativeDicomModel>',  # lower-case hex
+        f'<NativeDicomModel {_NS} xml:space="preserve"><DicomAttribute tag="00081030" '
+        'vr="XX"/></NativeDicomModel>',
+        f'<NativeDicomModel {_NS} xml:space="preserve"><DicomAttribute tag="00081030" '
+        'vr="LO"><Value>x</Value></DicomAttribute></NativeDicomModel>',  # no number
+        f'<NativeDicomModel {_NS} xml:space="preserve"><DicomAttribute tag="00081030" '
+        'vr="LO"><Value number="1">x</Value><Item number="1"/></DicomAttribute>'
+        "</NativeDicomModel>",
+        f'<NativeDicomModel {_NS} xml:space="preserve"><DicomAttribute tag="00100010" '
+        'vr="PN"><PersonName number="1"><Alphabetic><GivenName>a</GivenName>'
+        "<FamilyName>b</FamilyName></Alphabetic></PersonName></DicomAttribute>"
+        "</NativeDicomModel>",  # components out of order
+    ],
+)
+def test_the_schema_check_refuses(document: str) -> None:
+    """The schema check the tests rely on does refuse what PS3.19 does not allow."""
+    assert schema_errors(document.encode()) != []
