@@ -110,14 +110,11 @@ def value_text(value: Any, vr: str = "") -> str:
     return str(value)
 
 
-def private_creators(dataset: Mapping[str, Any]) -> dict[int, str]:
-    """The Private Creator of each block reserved in ``dataset``: (gggg,00bb) -> name."""
+def _creators(elements: list[tuple[int, Mapping[str, Any]]]) -> dict[int, str]:
+    """The Private Creator of each block reserved in a data set: (gggg,00bb) -> name."""
     creators = {}
-    for key, element in dataset.items():
-        if not _TAG.fullmatch(key):
-            continue
-        tag = int(key, 16)
-        if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF and isinstance(element, Mapping):
+    for tag, element in elements:
+        if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF:
             values = element.get("Value")
             name = values[0] if isinstance(values, list) and values else None
             if isinstance(name, str) and name.strip(" "):
@@ -161,24 +158,27 @@ def _person_name(number: int, value: Any, out: list[str]) -> None:
 
 
 def _values(vr: str, values: list[Any], out: list[str]) -> None:
-    for number, value in enumerate(values, 1):
-        if vr == "SQ":
+    if vr == "SQ":
+        for number, item in enumerate(values, 1):
             out.append(f'<Item number="{number}">')
-            if isinstance(value, Mapping):
-                _dataset(value, out)
+            if isinstance(item, Mapping):
+                _dataset(item, out)
             out.append("</Item>")
-        elif vr == "PN":
-            _person_name(number, value, out)
-        elif value is None:
-            out.append(f'<Value number="{number}"></Value>')
-        else:
-            out.append(f'<Value number="{number}">{escape_text(value_text(value, vr))}</Value>')
+    elif vr == "PN":
+        for number, name in enumerate(values, 1):
+            _person_name(number, name, out)
+    else:
+        for number, value in enumerate(values, 1):
+            text = value if type(value) is str else "" if value is None else value_text(value, vr)
+            out.append(f'<Value number="{number}">{escape_text(text)}</Value>')
 
 
-def _attribute(tag: int, element: Mapping[str, Any], creators: Mapping[int, str]) -> str:
+def _attribute(
+    tag: int, element: Mapping[str, Any], creators: Mapping[int, str], out: list[str]
+) -> None:
     vr = element.get("vr")
     vr = vr if isinstance(vr, str) and vr in VRS else "UN"
-    out = [_head(tag, vr, creators)]
+    out.append(_head(tag, vr, creators))
     uri = element.get("BulkDataURI")
     inline = element.get("InlineBinary")
     values = element.get("Value")
@@ -189,11 +189,9 @@ def _attribute(tag: int, element: Mapping[str, Any], creators: Mapping[int, str]
     elif isinstance(values, list):
         _values(vr, values, out)
     out.append("</DicomAttribute>\n")
-    return "".join(out)
 
 
 def _dataset(dataset: Mapping[str, Any], out: list[str]) -> None:
-    creators = private_creators(dataset)
     elements = sorted(
         (
             (int(key, 16), element)
@@ -202,9 +200,10 @@ def _dataset(dataset: Mapping[str, Any], out: list[str]) -> None:
         ),
         key=lambda pair: pair[0],
     )
+    creators = _creators(elements)
     for tag, element in elements:
         if tag & 0xFFFF:
-            out.append(_attribute(tag, element, creators))
+            _attribute(tag, element, creators, out)
 
 
 def native_xml(dataset: Mapping[str, Any]) -> bytes:
