@@ -36,10 +36,12 @@ from fastapi.testclient import TestClient
 from pydicom.datadict import dictionary_is_retired
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from sqlalchemy import select
 
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
+from pacsfhir.index.schema import patient, study
 from tests.conftest import (
     PYDICOM_DATA,
     LiveServer,
@@ -124,6 +126,7 @@ def _made(target: Path) -> Path:
 
 @dataclass(frozen=True)
 class Served:
+    archive: Archive
     client: TestClient
     files: dict[str, Path]  # name -> the stored source file
     datasets: dict[str, Dataset]
@@ -154,7 +157,7 @@ def served(
         assert summary.counts == {"stored": len(files)}, summary
         try:
             with TestClient(create_app(archive.settings, archive)) as client:
-                yield Served(client, files, datasets)
+                yield Served(archive, client, files, datasets)
         finally:
             archive.close()
 
@@ -547,3 +550,45 @@ def test_xml_over_a_real_server(live_server: LiveServer) -> None:
         assert len(documents) == len(as_json) >= 1
         for json_set, document in zip(as_json, documents, strict=True):
             assert json_xml_differences("", json_set, read_native(document)) == []
+
+
+def _patient_of(archive: Archive, study_uid: str) -> str:
+    query = (
+        select(patient.c.resource_id)
+        .select_from(patient.join(study))
+        .where(study.c.StudyInstanceUID == study_uid)
+    )
+    with archive.engine.connect() as conn:
+        return str(conn.execute(query).scalar_one())
+
+
+def test_xml_under_a_patients_base(served: Served) -> None:
+    """Under ``/fhir/Patient/{id}/$wado-rs``: BulkData URIs on that base, the JSON
+    answer's attributes, search results of that patient only; another patient's is 404."""
+    ds = served.datasets["CT_small.dcm"]
+    owner = _patient_of(served.archive, ds.StudyInstanceUID)
+    other = _patient_of(served.archive, served.datasets["rtplan.dcm"].StudyInstanceUID)
+    scoped = f"/fhir/Patient/{owner}/$wado-rs"
+    url = f"{scoped}/studies/{ds.StudyInstanceUID}/metadata"
+    as_json = served.client.get(url).json()
+    (document,) = xml_documents(served.client.get(url, headers={"Accept": XML}))
+    found = read_native(document)
+    assert json_xml_differences("", as_json[0], found) == []
+    uri = found[("7FE00010", None)].values
+    assert uri.startswith(
+        f"{served.archive.settings.base_url}{scoped}/studies/{ds.StudyInstanceUID}/series/"
+    )
+    searched = [
+        read_native(d)
+        for d in xml_documents(served.client.get(f"{scoped}/studies", headers={"Accept": XML}))
+    ]
+    owned = {
+        d.StudyInstanceUID
+        for d in served.datasets.values()
+        if _patient_of(served.archive, d.StudyInstanceUID) == owner
+    }
+    assert ds.StudyInstanceUID in owned
+    assert len(owned) < len({d.StudyInstanceUID for d in served.datasets.values()})
+    assert sorted(s[("0020000D", None)].values[0] for s in searched) == sorted(owned)
+    elsewhere = f"/fhir/Patient/{other}/$wado-rs/studies/{ds.StudyInstanceUID}/metadata"
+    assert served.client.get(elsewhere, headers={"Accept": XML}).status_code == 404
