@@ -5,6 +5,8 @@ the same thing.
 
 How each piece of the JSON becomes XML (PS3.19 Table A.1.5-2):
 
+- the root is ``NativeDicomModel`` in the schema's namespace (A.1.6), with
+  ``xml:space="preserve"`` (Table A.1.5-1), the document UTF-8;
 - an attribute is a ``DicomAttribute`` with ``tag`` (upper-case hex), ``vr`` and, for a
   tag in pydicom's dictionary, its ``keyword``; Group Length (gggg,0000) is left out;
 - a Private Data Element whose Private Creator is in the same data set is written
