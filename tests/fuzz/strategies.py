@@ -355,6 +355,8 @@ ACCEPTS = [
     'multipart/related; type="application/dicom"; transfer-syntax=*',
     'multipart/related; type="application/dicom"; transfer-syntax=1.2.3',
     'multipart/related; type="application/octet-stream"',
+    'multipart/related; type="application/dicom+xml"',
+    "application/dicom+xml",
     'multipart/related; type="image/jpeg"',
     "image/png",
     "image/jpeg;q=0",

@@ -657,7 +657,7 @@ def test_rendering_what_has_no_pixels_is_not_acceptable(curated: Curated) -> Non
         ("", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'),
         ("", "application/zip"),
         ("", 'multipart/related; type="application/dicom+xml"'),
-        ("/metadata", 'multipart/related; type="application/dicom+xml"'),
+        ("/metadata", 'multipart/related; type="application/dicom"'),
         ("/metadata", "application/xml"),
         ("/rendered", "video/mp4"),
         ("/rendered", "application/pdf"),

@@ -3,9 +3,10 @@ nesting. Handlers take their scope from the request context (``api.context``): u
 ``/fhir/Patient/{id}/$wado-rs`` only that patient's studies exist.
 
 Responses are ``application/dicom+json`` (``application/json`` when only that is
-accepted); no match is 204 No Content (PS3.18 8.3.4.4.1); a page cut short by ``limit``
-or by ``MAX_RESULTS`` carries ``Warning: 299 {service}: "There are N additional results
-that can be requested"``.
+accepted), or ``multipart/related; type="application/dicom+xml"`` with one Native DICOM
+Model part per match (PS3.18 10.6.3.3, PS3.19 A.1) when asked for; no match is 204 No
+Content (PS3.18 8.3.4.4.1); a page cut short by ``limit`` or by ``MAX_RESULTS`` carries
+``Warning: 299 {service}: "There are N additional results that can be requested"``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from pacsfhir.api.context import context_of
+from pacsfhir.api.dicom_xml import DICOM_JSON, Answer, choose, multipart_xml
+from pacsfhir.dicom.multipart import parse_accept
+from pacsfhir.dicom.native_xml import DICOM_XML
 from pacsfhir.errors import BadRequest, NotAcceptable
 from pacsfhir.mapping.dicom_json import default_tags, from_index, result_objects
 from pacsfhir.search.limits import shown
@@ -25,40 +29,18 @@ from pacsfhir.vocabulary.levels import Level
 
 router = APIRouter()
 
-DICOM_JSON = "application/dicom+json"
 MAX_QUERY_BYTES = 16_384
-_ACCEPTED = {DICOM_JSON: DICOM_JSON, "application/json": "application/json"}
-_ANY = {"*/*", "application/*"}
 
 
-def _quality(params: str) -> float:
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                return float(value)
-            except ValueError:
-                return 1.0
-    return 1.0
-
-
-def negotiate(accept: str) -> str:
-    """The media type to answer with; 406 unless DICOM JSON (or JSON) is acceptable."""
-    if not accept.strip():
-        return DICOM_JSON
-    chosen = None
-    for part in accept.split(","):
-        media, _, params = part.partition(";")
-        media = media.strip().lower()
-        if _quality(params) <= 0:
-            continue
-        if media in _ANY or media == DICOM_JSON:
-            return DICOM_JSON
-        if media in _ACCEPTED:
-            chosen = _ACCEPTED[media]
+def negotiate(accept: str) -> Answer:
+    """The form of the answer (``api.dicom_xml.choose``: DICOM JSON by default,
+    ``application/json`` when only that is acceptable, ``multipart/related;
+    type="application/dicom+xml"`` when asked for); 406 for anything else."""
+    chosen = choose(parse_accept(accept), single_ok=False)
     if chosen is None:
         raise NotAcceptable(
-            f"Accept: {shown(accept)} cannot be served; search results are {DICOM_JSON}"
+            f"Accept: {shown(accept)} cannot be served; search results are {DICOM_JSON} "
+            f'or multipart/related; type="{DICOM_XML}"'
         )
     return chosen
 
@@ -79,7 +61,7 @@ def _search(
 ) -> Response:
     pairs = _pairs(request)
     accept = dict(pairs).get("accept") or request.headers.get("accept", "")
-    media_type = negotiate(accept)
+    form = negotiate(accept)
     query = parse_query(level, pairs, study_uid, series_uid)
     context = context_of(request)
     defaults = default_tags(level, study_uid is not None, series_uid is not None)
@@ -92,8 +74,11 @@ def _search(
         return Response(status_code=204, headers=headers)
     rows = answer.rows
     results = result_objects(level, tags, rows, base, query.include_all, defaults)
+    if form is Answer.MULTIPART_XML:
+        body, content_type = multipart_xml(results)
+        return Response(body, media_type=content_type, headers=headers)
     body = json.dumps(results, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(body, media_type=media_type, headers=headers)
+    return Response(body, media_type=form.value, headers=headers)
 
 
 def _warnings(base: str, query: QidoQuery, remaining: int) -> dict[str, str]:

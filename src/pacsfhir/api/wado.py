@@ -13,6 +13,7 @@ none where PS3.18 sets Explicit VR Little Endian as the default, is
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from pacsfhir.api.bulk_nested import nested_bulkdata
 from pacsfhir.api.context import context_of
+from pacsfhir.api.dicom_xml import Answer, choose, xml_parts
 from pacsfhir.api.offload import offloaded, offloads
 from pacsfhir.api.streaming import in_batches
 from pacsfhir.api.wado_common import (
@@ -53,6 +55,7 @@ from pacsfhir.dicom.frames import (
 )
 from pacsfhir.dicom.metadata import BULK_PLACEHOLDER
 from pacsfhir.dicom.multipart import MediaRange, Part, media_matches
+from pacsfhir.dicom.native_xml import DICOM_XML, native_xml
 from pacsfhir.dicom.transcode import TranscodeError
 from pacsfhir.errors import NotAcceptable, NotFound, PacsFhirError
 from pacsfhir.store.base import StoredInstance
@@ -61,7 +64,6 @@ router = APIRouter()
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
-_JSON_TYPES = (DICOM_JSON, "application/json")
 
 
 # -- locations and files -----------------------------------------------------------------
@@ -219,7 +221,7 @@ def retrieve_instance(request: Request, study: str, series: str, instance: str) 
     return _retrieve_uids(request, True, study, series, instance)
 
 
-# -- metadata (application/dicom+json) ---------------------------------------------------
+# -- metadata (application/dicom+json, multipart/related of application/dicom+xml) --------
 
 
 def _instance_json(request: Request, stored: StoredInstance) -> bytes:
@@ -230,11 +232,17 @@ def _instance_json(request: Request, stored: StoredInstance) -> bytes:
 
 
 def _metadata(request: Request, instances: list[StoredInstance]) -> Response:
-    if not any(media_matches(r.media_type, t) for r in accept_ranges(request) for t in _JSON_TYPES):
+    answer = choose(accept_ranges(request), single_ok="instance" in request.path_params)
+    if answer is None:
         raise NotAcceptable(
             f"Accept: {accept_text(request)} cannot be served; metadata is served as "
-            f"{DICOM_JSON} (no XML)"
+            f'{DICOM_JSON} or multipart/related; type="{DICOM_XML}"'
         )
+    if answer in (Answer.MULTIPART_XML, Answer.SINGLE_XML):
+        datasets = (json.loads(_instance_json(request, stored)) for stored in instances)
+        if answer is Answer.SINGLE_XML:
+            return Response(native_xml(next(datasets)), media_type=DICOM_XML)
+        return multipart_response(xml_parts(datasets), DICOM_XML, known_length=False)
 
     def body() -> Iterator[bytes]:
         yield b"["
