@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,6 +52,12 @@ def create_app(settings: Settings, archive: Archive | None = None) -> FastAPI:
     unknown authorization mode or its missing settings, and development mode off loopback."""
     check_auth_mode(settings)
     proxies = settings.trusted_proxy_networks  # ConfigurationError when malformed
+    if proxies and not settings.base_url and settings.auth != "none":
+        logging.getLogger("pacsfhir").warning(
+            "PACSFHIR_TRUSTED_PROXIES without PACSFHIR_BASE_URL: URLs follow the proxy, but "
+            "tokens are accepted for %s (and PACSFHIR_JWT_AUDIENCE) only",
+            settings.fhir_base_url,
+        )
     # One token for both surfaces: an app's token names the FHIR base as its audience
     # (SMART's aud), and the same token retrieves from the DICOMweb base it was given.
     audiences = (settings.fhir_base_url, settings.dicomweb_base_url)

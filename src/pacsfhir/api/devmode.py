@@ -25,11 +25,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pacsfhir.api.forwarded import header_map, named_clients
-from pacsfhir.api.responses import dicomweb_error, outcome_response
+from pacsfhir.api.responses import header_text, outcome_response
 from pacsfhir.auth.policy import Surface, surface_of
 from pacsfhir.errors import ConfigurationError
 from pacsfhir.settings import Settings
@@ -87,8 +86,8 @@ def warn_development_mode() -> None:
 
 class LoopbackOnly:
     """ASGI middleware of development mode: requests from or to a non-loopback address, or
-    relayed for one, get 403 saying why (an OperationOutcome, or PS3.18's error on
-    DICOMweb routes)."""
+    relayed for one, get 403 with an OperationOutcome saying why (and on DICOMweb routes
+    the Warning header PS3.18 errors carry)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -108,8 +107,7 @@ class LoopbackOnly:
             await send({"type": "websocket.close", "code": 1008})
             return
         message = "development mode (PACSFHIR_AUTH=none) serves loopback clients only"
-        if surface_of(scope.get("path", "")) is Surface.DICOMWEB:
-            response: Response = dicomweb_error(403, message)
-        else:
-            response = outcome_response(403, "forbidden", message)
-        await response(scope, receive, send)
+        headers = None
+        if surface_of(scope.get("path", "")) is Surface.DICOMWEB:  # PS3.18: a Warning too
+            headers = {"Warning": f'299 pacsfhir "{header_text(message)}"'}
+        await outcome_response(403, "forbidden", message, headers)(scope, receive, send)
