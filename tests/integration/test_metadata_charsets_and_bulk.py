@@ -24,6 +24,7 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from tests.conftest import PYDICOM_DATA, LiveServer, sample_paths
 from tests.support.orthanc import Orthanc
+from tests.support.samples import read_quietly
 
 CHARSETS = PYDICOM_DATA / "charset_files"
 TEST_FILES = PYDICOM_DATA / "test_files"
@@ -48,12 +49,6 @@ IDEOGRAPHIC = {"chrH31.dcm": "山田^太郎", "chrI2.dcm": "洪^吉洞", "chrX1.
 IDEOGRAPHIC["chrX2.dcm"] = "王^小东"
 
 
-def read(path: Path) -> pydicom.Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=True)
-
-
 def metadata_url(ds: pydicom.Dataset) -> str:
     return (
         f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
@@ -65,7 +60,7 @@ def metadata_url(ds: pydicom.Dataset) -> str:
 def test_the_source_character_set_is_kept_and_text_is_decoded(
     sample_client: TestClient, name: str, charset: list[str | None], alphabetic: str
 ) -> None:
-    ds = read(CHARSETS / name)
+    ds = read_quietly(CHARSETS / name, force=True)
     response = sample_client.get(metadata_url(ds))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/dicom+json")
@@ -79,7 +74,7 @@ def test_the_source_character_set_is_kept_and_text_is_decoded(
 
 def test_an_items_own_character_set_is_kept(archive: Archive, tmp_path: Path) -> None:
     """chrSQEncoding: UTF-8 at the top level, an item in ISO 2022 IR 13 / 87 (JIS)."""
-    ds = read(CHARSETS / "chrSQEncoding.dcm")
+    ds = read_quietly(CHARSETS / "chrSQEncoding.dcm", force=True)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
@@ -149,7 +144,7 @@ def test_metadata_and_its_bulk_data_are_the_whole_header(
     by_sop: dict[str, list[Path]] = {}
     for path in files:
         try:
-            ds = read(path)
+            ds = read_quietly(path, force=True)
             by_sop.setdefault(str(ds.SOPInstanceUID), []).append(path)
         except Exception:
             continue
@@ -192,7 +187,7 @@ def test_metadata_and_its_bulk_data_are_the_whole_header(
 def test_a_nested_value_by_dicomweb_client_and_bad_paths(archive: Archive) -> None:
     ecg = TEST_FILES / "waveform_ecg.dcm"
     ingest([str(ecg)], archive.engine, archive.blobs, workers=1)
-    ds = read(ecg)
+    ds = read_quietly(ecg, force=True)
     with LiveServer(archive) as server:
         web = DICOMwebClient(url=f"{server.base_url}/dicom-web")
         found = web.retrieve_instance_metadata(
@@ -229,7 +224,7 @@ def test_a_nested_value_by_dicomweb_client_and_bad_paths(archive: Archive) -> No
 def test_nested_bulk_data_under_the_patient_scoped_base(archive: Archive) -> None:
     ecg = TEST_FILES / "waveform_ecg.dcm"
     ingest([str(ecg)], archive.engine, archive.blobs, workers=1)
-    ds = read(ecg)
+    ds = read_quietly(ecg, force=True)
     with TestClient(create_app(archive.settings, archive)) as client:
         bundle = client.get("/fhir/ImagingStudy").json()
         patient = bundle["entry"][0]["resource"]["subject"]["reference"].split("/")[1]
@@ -261,13 +256,13 @@ def test_orthanc_agrees_on_character_sets_names_and_nested_bulk_data(
     first value, which we return as null) and gives nested bulk data a BulkDataURI."""
     orthanc.store(ORACLE_FILES)
     for path in ORACLE_FILES:
-        ds = read(path)
+        ds = read_quietly(path, force=True)
         [ours] = sample_client.get(metadata_url(ds)).json()
         [theirs] = httpx.get(orthanc.dicomweb_url + metadata_url(ds)[len("/dicom-web") :]).json()
         assert _values(ours["00080005"]) == _values(theirs["00080005"]), path.name
         mine = {k: v for k, v in ours["00100010"]["Value"][0].items() if v}
         assert mine == {k: v for k, v in theirs["00100010"]["Value"][0].items() if v}
-    ecg = read(TEST_FILES / "waveform_ecg.dcm")
+    ecg = read_quietly(TEST_FILES / "waveform_ecg.dcm", force=True)
     [ours] = sample_client.get(metadata_url(ecg)).json()
     [theirs] = httpx.get(orthanc.dicomweb_url + metadata_url(ecg)[len("/dicom-web") :]).json()
     for n, item in enumerate(theirs["54000100"]["Value"]):

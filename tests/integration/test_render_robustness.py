@@ -9,14 +9,12 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -29,6 +27,7 @@ from pacsfhir.dicom.ingest import ingest
 from pacsfhir.dicom.render import decode_frame
 from tests.conftest import _database_url, make_settings, skip_or_fail
 from tests.support.dicom_factory import write_variant
+from tests.support.samples import pydicom_sample, read_quietly
 
 # (source file, attributes left out, the defaults that stand in for them)
 CASES: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
@@ -85,18 +84,6 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
-def read(path: Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path)
-
-
-def sample(name: str) -> Path:
-    found = pydicom.data.get_testdata_file(name)
-    assert found, name
-    return Path(str(found))
-
-
 @dataclass
 class Pair:
     lacking: Dataset
@@ -111,7 +98,7 @@ class Served:
 
 def _variants(folder: Path) -> Iterator[tuple[Path, Pair]]:
     for number, (name, left_out, defaults) in enumerate(CASES):
-        template = read(sample(name))
+        template = read_quietly(pydicom_sample(name))
         explicit = write_variant(template, folder / f"{number}-explicit.dcm", **defaults)
         lacking = template.copy()
         for keyword in left_out:
@@ -129,7 +116,7 @@ def served(
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp(f"robust-{request.param}")
     made = list(_variants(tmp / "src"))
-    paths = [str(p) for p, _ in made] + [str(sample("JPEG-lossy.dcm"))]
+    paths = [str(p) for p, _ in made] + [str(pydicom_sample("JPEG-lossy.dcm"))]
     pairs = [pair for _, pair in made[::2]]
     for url in _database_url(str(request.param), tmp, postgres_problem):
         archive = Archive.open(make_settings(tmp, url))
@@ -174,7 +161,7 @@ def test_missing_pixel_attributes_render_with_the_defaults(served: Served, case:
 
 
 def test_jpeg_lossy_renders(served: Served) -> None:
-    ds = read(sample("JPEG-lossy.dcm"))
+    ds = read_quietly(pydicom_sample("JPEG-lossy.dcm"))
     image = png(served.client, instance_path(ds) + "/rendered")
     assert image.shape == (ds.Rows, ds.Columns)
     assert image.max() > image.min()
@@ -187,9 +174,11 @@ def test_12_bit_jpeg_extended_decodes_as_dcmtk_does(name: str, tmp_path: Path) -
     if shutil.which("dcmdjpeg") is None:
         skip_or_fail("dcmtk's dcmdjpeg is not installed (Debian package dcmtk)")
     decoded = tmp_path / "decoded.dcm"
-    subprocess.run(["dcmdjpeg", str(sample(name)), str(decoded)], check=True, capture_output=True)
-    expected = read(decoded).pixel_array
-    with PixelDataFile(sample(name)) as source:
+    subprocess.run(
+        ["dcmdjpeg", str(pydicom_sample(name)), str(decoded)], check=True, capture_output=True
+    )
+    expected = read_quietly(decoded).pixel_array
+    with PixelDataFile(pydicom_sample(name)) as source:
         array, _ = decode_frame(source, 0)
     assert array.shape == expected.shape
     assert int(np.abs(array.astype(np.int32) - expected.astype(np.int32)).max()) <= 2

@@ -48,6 +48,7 @@ from tests.conftest import (
 )
 from tests.support.dicom_factory import write_variant
 from tests.support.orthanc import Orthanc, orthanc_problem
+from tests.support.samples import pydicom_sample, read_quietly
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CURATED = [
@@ -62,18 +63,6 @@ CURATED = [
     "rtplan.dcm",  # no pixel data
 ]
 VARIANTS = ["JPEG2000.dcm", "MR_small_bigendian.dcm"]  # same SOP UIDs as above: new UIDs
-
-
-def read(path: Path | str) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path)
-
-
-def sample(name: str) -> Path:
-    found = pydicom.data.get_testdata_file(name)
-    assert found, name
-    return Path(str(found))
 
 
 def sha256(path: Path | str) -> str:
@@ -130,16 +119,16 @@ def curated(
     postgres_problem: str | None,
 ) -> Iterator[Curated]:
     tmp = tmp_path_factory.mktemp(f"wado-{request.param}")
-    paths = [sample(name) for name in CURATED]
+    paths = [pydicom_sample(name) for name in CURATED]
     for name in VARIANTS:
         paths.append(tmp / "src" / f"variant-{name}")
-        write_variant(read(sample(name)), paths[-1])
+        write_variant(read_quietly(pydicom_sample(name)), paths[-1])
     for url in _database_url(str(request.param), tmp, postgres_problem):
         archive = Archive.open(make_settings(tmp, url))
         summary = ingest([str(p) for p in paths], archive.engine, archive.blobs, workers=1)
         assert summary.counts == {"stored": len(paths)}, summary
-        datasets = {str(read(p).SOPInstanceUID): read(p) for p in paths}
-        files = {str(read(p).SOPInstanceUID): p for p in paths}
+        datasets = {str(read_quietly(p).SOPInstanceUID): read_quietly(p) for p in paths}
+        files = {str(read_quietly(p).SOPInstanceUID): p for p in paths}
         try:
             with LiveServer(archive) as server:
                 yield Curated(archive, server, files, datasets)
@@ -236,7 +225,7 @@ def test_dicomweb_client_retrieves_study_series_and_instance(curated: Curated) -
 
 
 def test_instances_stream_in_series_then_instance_number_order(tmp_path: Path) -> None:
-    template = read(sample("CT_small.dcm"))
+    template = read_quietly(pydicom_sample("CT_small.dcm"))
     study_uid = pydicom.uid.generate_uid()
     series_uids = [pydicom.uid.generate_uid() for _ in range(2)]
     paths = []
@@ -282,7 +271,7 @@ def _open_blobs(root: Path) -> list[str]:
 def test_a_client_that_drops_mid_retrieve_leaves_no_file_open(tmp_path: Path) -> None:
     """A study of several read-ahead batches (about 40 MB): the client reads its first
     megabyte and hangs up; every blob the server opened is closed and it keeps serving."""
-    template = read(sample("CT_small.dcm"))
+    template = read_quietly(pydicom_sample("CT_small.dcm"))
     study_uid = pydicom.uid.generate_uid()
     series_uid = pydicom.uid.generate_uid()
     big = np.zeros((1024, 1024), dtype=np.uint16)
@@ -333,7 +322,7 @@ def test_a_client_that_drops_mid_retrieve_leaves_no_file_open(tmp_path: Path) ->
 
 def _datasets(response: httpx.Response) -> list[Dataset]:
     assert response.status_code == 200, response.text
-    return [read(io.BytesIO(payload(part))) for part in parse_multipart(response)]
+    return [read_quietly(io.BytesIO(payload(part))) for part in parse_multipart(response)]
 
 
 def test_single_part_application_dicom_for_one_instance(curated: Curated) -> None:
@@ -341,7 +330,7 @@ def test_single_part_application_dicom_for_one_instance(curated: Curated) -> Non
     response = httpx.get(url, headers={"Accept": "application/dicom"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/dicom")
-    assert response.content == sample("CT_small.dcm").read_bytes()
+    assert response.content == pydicom_sample("CT_small.dcm").read_bytes()
 
 
 # -- metadata and bulk data ------------------------------------------------------------

@@ -7,14 +7,12 @@ pixels equal to Orthanc's rendering, and the errors PS3.18 gives."""
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -25,6 +23,7 @@ from pacsfhir.archive import Archive
 from pacsfhir.dicom.ingest import ingest
 from tests.conftest import _database_url, free_port, make_settings, skip_or_fail
 from tests.support.orthanc import Orthanc, orthanc_problem
+from tests.support.samples import pydicom_sample, read_quietly
 
 FILES = [
     "CT_small.dcm",  # native 16-bit signed, one frame
@@ -34,18 +33,6 @@ FILES = [
     "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
     "rtplan.dcm",  # no pixel data
 ]
-
-
-def read(path: Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path)
-
-
-def sample(name: str) -> Path:
-    found = pydicom.data.get_testdata_file(name)
-    assert found, name
-    return Path(str(found))
 
 
 @dataclass
@@ -75,14 +62,14 @@ def served(
     postgres_problem: str | None,
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp(f"wado-uri-{request.param}")
-    paths = {name: sample(name) for name in FILES}
+    paths = {name: pydicom_sample(name) for name in FILES}
     for url in _database_url(str(request.param), tmp, postgres_problem):
         archive = Archive.open(make_settings(tmp, url))
         summary = ingest([str(p) for p in paths.values()], archive.engine, archive.blobs, workers=1)
         assert summary.counts == {"stored": len(paths)}, summary
         try:
             with TestClient(create_app(archive.settings, archive)) as client:
-                yield Served(client, {n: read(p) for n, p in paths.items()}, paths)
+                yield Served(client, {n: read_quietly(p) for n, p in paths.items()}, paths)
         finally:
             archive.close()
 

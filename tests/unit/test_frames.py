@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import re
 import tracemalloc
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
@@ -29,14 +27,7 @@ from pacsfhir.dicom.frames import (
     media_type_of,
     parse_frame_list,
 )
-
-
-def sample(name: str) -> Path:
-    """A file from pydicom's test data (or pydicom-data's)."""
-    found = pydicom.data.get_testdata_file(name)
-    assert found, name
-    return Path(str(found))
-
+from tests.support.samples import pydicom_sample, read_quietly
 
 ENCAPSULATED = [
     "JPEG2000.dcm",
@@ -61,18 +52,12 @@ NATIVE = [
 ]
 
 
-def read(path: Path) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path)
-
-
 @pytest.mark.parametrize("name", ENCAPSULATED)
 def test_encapsulated_frames_are_pydicoms_frames(name: str) -> None:
-    ds = read(sample(name))
+    ds = read_quietly(pydicom_sample(name))
     count = int(ds.get("NumberOfFrames", 1) or 1)
     expected = list(generate_frames(ds.PixelData, number_of_frames=count))
-    with PixelDataFile(sample(name)) as source:
+    with PixelDataFile(pydicom_sample(name)) as source:
         assert source.encapsulated
         assert source.frame_count() == len(expected)
         assert [source.frame(i) for i in range(count)] == expected
@@ -84,12 +69,12 @@ def test_encapsulated_frames_are_pydicoms_frames(name: str) -> None:
 
 @pytest.mark.parametrize("name", NATIVE)
 def test_native_frames_are_pydicoms_pixels_little_endian(name: str) -> None:
-    ds = read(sample(name))
+    ds = read_quietly(pydicom_sample(name))
     pixels = ds.pixel_array
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if count == 1:
         pixels = pixels[None]
-    with PixelDataFile(sample(name)) as source:
+    with PixelDataFile(pydicom_sample(name)) as source:
         assert not source.encapsulated
         assert source.frame_count() == count
         for index in range(count):
@@ -277,7 +262,7 @@ def test_a_large_encapsulated_file_is_indexed_without_reading_its_fragments(
 
 
 def test_no_pixel_data(tmp_path: Path) -> None:
-    with PixelDataFile(sample("rtplan.dcm")) as source:
+    with PixelDataFile(pydicom_sample("rtplan.dcm")) as source:
         assert not source.has_pixel_data
         assert source.frame_count() == 0
         with pytest.raises(Missing):
@@ -285,14 +270,18 @@ def test_no_pixel_data(tmp_path: Path) -> None:
 
 
 def test_other_bulk_data_elements() -> None:
-    ds = read(sample("MR_small.dcm"))
-    with PixelDataFile(sample("MR_small.dcm")) as source:
+    ds = read_quietly(pydicom_sample("MR_small.dcm"))
+    with PixelDataFile(pydicom_sample("MR_small.dcm")) as source:
         with pytest.raises(Missing):
             source.bulk_element(0x00100010)  # a name is no bulk data
         with pytest.raises(Missing):
             source.bulk_element(0x00091001)  # absent
-    with PixelDataFile(sample("OBXXXX1A.dcm")) as source:
-        ob = [e for e in read(sample("OBXXXX1A.dcm")) if e.VR == "OB" and e.tag < 0x7FE00010]
+    with PixelDataFile(pydicom_sample("OBXXXX1A.dcm")) as source:
+        ob = [
+            e
+            for e in read_quietly(pydicom_sample("OBXXXX1A.dcm"))
+            if e.VR == "OB" and e.tag < 0x7FE00010
+        ]
         for element in ob:
             vr, chunks, size = source.bulk_element(int(element.tag))
             assert (vr, b"".join(chunks), size) == ("OB", element.value, len(element.value))

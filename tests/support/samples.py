@@ -1,0 +1,24 @@
+"""pydicom's (and pydicom-data's) sample files, and reading DICOM quietly: the test sets
+hold odd files on purpose, whose warnings are not what a test is about."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+from pydicom.dataset import Dataset
+
+
+def pydicom_sample(name: str) -> Path:
+    """A file from pydicom's test data (or pydicom-data's)."""
+    found = pydicom.data.get_testdata_file(name)
+    assert found, name
+    return Path(str(found))
+
+
+def read_quietly(path: Path | str, force: bool = False) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, force=force)
