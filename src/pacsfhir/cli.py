@@ -316,20 +316,22 @@ def serve(settings: Settings) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["pacsfhir"] = {"handlers": ["default"], "level": "INFO"}
     workers = settings.workers or os.cpu_count() or 1
-    # with trusted proxies, pacsfhir reads their headers itself (api.forwarded) and must
-    # see the proxy's own address, not one uvicorn rewrote
-    proxy_headers = not settings.trusted_proxies
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "log_config": log_config,
+        "access_log": False,
+        # with trusted proxies, pacsfhir reads their headers itself (api.forwarded) and
+        # must see the proxy's own address, not one uvicorn rewrote
+        "proxy_headers": not settings.trusted_proxies,
+    }
     try:
         with _listener(archive, settings) as listener:
             if workers == 1:
                 uvicorn.run(
                     asgi_app if listener is None else _stopping_first(asgi_app, listener.stop),
-                    host=settings.host,
-                    port=settings.port,
-                    log_level="info",
-                    log_config=log_config,
-                    access_log=False,
-                    proxy_headers=proxy_headers,
+                    **options,
                 )
             else:
                 # Each worker builds the app from the environment (uvicorn starts them
@@ -338,15 +340,7 @@ def serve(settings: Settings) -> None:
                 # supervisor restarts a worker that dies, and returns on SIGTERM.
                 os.environ.update(settings_environment(settings))
                 uvicorn.run(
-                    "pacsfhir.api.app:app_from_env",
-                    factory=True,
-                    workers=workers,
-                    host=settings.host,
-                    port=settings.port,
-                    log_level="info",
-                    log_config=log_config,
-                    access_log=False,
-                    proxy_headers=proxy_headers,
+                    "pacsfhir.api.app:app_from_env", factory=True, workers=workers, **options
                 )
     finally:
         archive.close()

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from hypothesis import strategies as st
 
+from pacsfhir.api.wado_uri import PARAMETERS as WADO_URI_PARAMETERS
 from pacsfhir.search.parse import CONTROL_PARAMS, IMAGING_STUDY_PARAMS, PATIENT_PARAMS
 from tests.fuzz.routes import Route
 
@@ -191,21 +192,7 @@ DICOMWEB_NAMES = [
     "window",
     "quality",
     "annotation",
-    # WADO-URI (PS3.18 9.1.2, 9.4.1.2, 9.5.1.2)
-    "requestType",
-    "studyUID",
-    "seriesUID",
-    "objectUID",
-    "contentType",
-    "transferSyntax",
-    "frameNumber",
-    "rows",
-    "columns",
-    "region",
-    "windowCenter",
-    "windowWidth",
-    "imageQuality",
-    "anonymize",
+    *WADO_URI_PARAMETERS,  # PS3.18 9.1.2, 9.4.1.2, 9.5.1.2
 ]
 FHIR_MODIFIERS = ["", ":exact", ":contains", ":missing", ":not", ":below", ":Patient", ":xyz"]
 HOSTILE_NAMES = ["", "%E6%97%A5", "%FF", "a" * 3000, "(0010,0010)", "_", "%00", "name%5B%5D"]

@@ -57,7 +57,7 @@ WADO_URI_PATH = WADO_URI
 DICOM = "application/dicom"
 URI_TYPES = (DICOM, *RENDERED_TYPES)
 FILE_CHUNK = 2 << 20
-_SINGLE = (
+PARAMETERS = (  # PS3.18 9.1.2, 9.4.1.2, 9.5.1.2: each at most once
     "requestType",
     "studyUID",
     "seriesUID",
@@ -73,7 +73,7 @@ _SINGLE = (
     "imageQuality",
     "anonymize",
 )
-_IGNORED = ("annotation", "presentationUID", "presentationSeriesUID")
+IGNORED = ("annotation", "presentationUID", "presentationSeriesUID")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def parse_query(pairs: Sequence[tuple[str, str]]) -> UriRequest:
     UID, a parameter given twice, a malformed value."""
     given: dict[str, str] = {}
     for name, value in pairs:
-        if name in _SINGLE:
+        if name in PARAMETERS:
             if name in given:
                 raise ValueError(f"{name} is given more than once")
             given[name] = value
@@ -168,7 +168,7 @@ def parse_query(pairs: Sequence[tuple[str, str]]) -> UriRequest:
         region=None if region is None else parse_region(region),
         window=_window(given.get("windowCenter"), given.get("windowWidth")),
         quality=90 if quality is None else parse_quality(quality),
-        ignored=tuple(dict.fromkeys(name for name, _ in pairs if name in _IGNORED)),
+        ignored=tuple(dict.fromkeys(name for name, _ in pairs if name in IGNORED)),
     )
 
 
