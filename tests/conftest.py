@@ -3,12 +3,13 @@ an in-process client and a real uvicorn server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,28 @@ def _database_url(backend: str, tmp: Path, postgres_problem: str | None) -> Iter
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def archive_holding(
+    backend: str,
+    tmp: Path,
+    postgres_problem: str | None,
+    paths: Sequence[Path | str],
+    workers: int = 1,
+) -> Iterator[Archive]:
+    """A fresh archive on ``backend`` (sqlite or postgresql) with every one of ``paths``
+    stored, closed (and its PostgreSQL schema dropped) on leaving."""
+    for url in _database_url(backend, tmp, postgres_problem):
+        archive = Archive.open(make_settings(tmp, url))
+        try:
+            summary = ingest(
+                [str(p) for p in paths], archive.engine, archive.blobs, workers=workers
+            )
+            assert summary.counts == {"stored": len(paths)}, summary
+            yield archive
+        finally:
+            archive.close()
 
 
 def make_settings(tmp: Path, database_url: str, **overrides: object) -> Settings:

@@ -40,13 +40,11 @@ from sqlalchemy import select
 
 from pacsfhir.api.app import create_app
 from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import ingest
 from pacsfhir.index.schema import patient, study
 from tests.conftest import (
     PYDICOM_DATA,
     LiveServer,
-    _database_url,
-    make_settings,
+    archive_holding,
     skip_or_fail,
 )
 from tests.support.dicom_factory import CT_SMALL, load_template, write_variant
@@ -151,15 +149,11 @@ def served(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         datasets = {name: pydicom.dcmread(path, force=True) for name, path in files.items()}
-    for url in _database_url(str(request.param), tmp, postgres_problem):
-        archive = Archive.open(make_settings(tmp, url))
-        summary = ingest([str(p) for p in files.values()], archive.engine, archive.blobs, workers=1)
-        assert summary.counts == {"stored": len(files)}, summary
-        try:
-            with TestClient(create_app(archive.settings, archive)) as client:
-                yield Served(archive, client, files, datasets)
-        finally:
-            archive.close()
+    with (
+        archive_holding(str(request.param), tmp, postgres_problem, list(files.values())) as archive,
+        TestClient(create_app(archive.settings, archive)) as client,
+    ):
+        yield Served(archive, client, files, datasets)
 
 
 def _parts(response: httpx.Response) -> list[email.message.Message]:

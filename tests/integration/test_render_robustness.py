@@ -21,11 +21,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from pacsfhir.api.app import create_app
-from pacsfhir.archive import Archive
 from pacsfhir.dicom.frames import PixelDataFile
-from pacsfhir.dicom.ingest import ingest
 from pacsfhir.dicom.render import decode_frame
-from tests.conftest import _database_url, make_settings, skip_or_fail
+from tests.conftest import archive_holding, skip_or_fail
 from tests.support.dicom_factory import write_variant
 from tests.support.samples import pydicom_sample, read_quietly
 
@@ -118,15 +116,11 @@ def served(
     made = list(_variants(tmp / "src"))
     paths = [str(p) for p, _ in made] + [str(pydicom_sample("JPEG-lossy.dcm"))]
     pairs = [pair for _, pair in made[::2]]
-    for url in _database_url(str(request.param), tmp, postgres_problem):
-        archive = Archive.open(make_settings(tmp, url))
-        summary = ingest(paths, archive.engine, archive.blobs, workers=1)
-        assert summary.counts == {"stored": len(paths)}, summary
-        try:
-            with TestClient(create_app(archive.settings, archive)) as client:
-                yield Served(client, pairs)
-        finally:
-            archive.close()
+    with (
+        archive_holding(str(request.param), tmp, postgres_problem, paths) as archive,
+        TestClient(create_app(archive.settings, archive)) as client,
+    ):
+        yield Served(client, pairs)
 
 
 def instance_path(ds: Dataset) -> str:

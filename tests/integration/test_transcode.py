@@ -11,7 +11,6 @@ are), so that files of the test sets sharing a SOP Instance UID are all served.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,10 @@ from tests.conftest import LiveServer, _database_url, free_port, make_settings, 
 from tests.integration.test_wado import decoded_frames, parse_multipart, payload
 from tests.support.dicom_factory import write_variant
 from tests.support.orthanc import Orthanc, orthanc_problem
+from tests.support.samples import pydicom_sample, read_quietly
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 OCTET = 'multipart/related; type="application/octet-stream"'
-
-
-def _read(path: Path | str, **options: object) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=True, **options)  # type: ignore[arg-type]
 
 
 def _compressed_sources() -> list[Path]:
@@ -48,7 +42,7 @@ def _compressed_sources() -> list[Path]:
     found = []
     for name in walk(sample_paths()):
         try:
-            ds = _read(name, stop_before_pixels=True)
+            ds = read_quietly(name, force=True, stop_before_pixels=True)
         except Exception:
             continue
         syntax = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
@@ -94,7 +88,7 @@ def transcoding(
     variants: dict[str, Path] = {}
     problems: dict[str, str] = {}
     for n, source in enumerate(COMPRESSED):
-        ds = _read(source)
+        ds = read_quietly(source, force=True)
         problem = _decode_problem(ds)
         if problem is not None:
             problems[_label(source)] = problem
@@ -114,7 +108,7 @@ def transcoding(
             with LiveServer(archive) as server:
                 stored = {}
                 for label, path in variants.items():
-                    ds = _read(path)
+                    ds = read_quietly(path, force=True)
                     url = (
                         f"{server.base_url}/dicom-web/studies/{ds.StudyInstanceUID}"
                         f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
@@ -133,7 +127,7 @@ def _stored(transcoding: Transcoding, source: Path) -> Stored:
 
 
 def _dataset(body: bytes) -> Dataset:
-    return _read(io.BytesIO(body))
+    return read_quietly(io.BytesIO(body), force=True)
 
 
 @pytest.mark.parametrize("source", COMPRESSED, ids=_label)
@@ -302,9 +296,8 @@ def test_a_study_of_mixed_syntaxes_in_explicit_vr_little_endian(
     study = pydicom.uid.generate_uid()
     sources = {}
     for n, name in enumerate(names):
-        found = pydicom.data.get_testdata_file(name)
-        assert found is not None, name
-        ds = write_variant(_read(str(found)), tmp_path / "in" / f"{n}.dcm", study_uid=study)
+        source = read_quietly(pydicom_sample(name), force=True)
+        ds = write_variant(source, tmp_path / "in" / f"{n}.dcm", study_uid=study)
         sources[ds.SOPInstanceUID] = ds
     summary = ingest([str(tmp_path / "in")], archive.engine, archive.blobs, workers=1)
     assert summary.counts == {"stored": len(names)}, summary

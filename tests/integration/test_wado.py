@@ -40,7 +40,7 @@ from pacsfhir.dicom.transcode import is_lossy
 from pacsfhir.index.schema import instance, patient, series, study
 from tests.conftest import (
     LiveServer,
-    _database_url,
+    archive_holding,
     free_port,
     make_settings,
     sample_paths,
@@ -123,17 +123,14 @@ def curated(
     for name in VARIANTS:
         paths.append(tmp / "src" / f"variant-{name}")
         write_variant(read_quietly(pydicom_sample(name)), paths[-1])
-    for url in _database_url(str(request.param), tmp, postgres_problem):
-        archive = Archive.open(make_settings(tmp, url))
-        summary = ingest([str(p) for p in paths], archive.engine, archive.blobs, workers=1)
-        assert summary.counts == {"stored": len(paths)}, summary
-        datasets = {str(read_quietly(p).SOPInstanceUID): read_quietly(p) for p in paths}
-        files = {str(read_quietly(p).SOPInstanceUID): p for p in paths}
-        try:
-            with LiveServer(archive) as server:
-                yield Curated(archive, server, files, datasets)
-        finally:
-            archive.close()
+    read = [read_quietly(p) for p in paths]
+    datasets = {str(ds.SOPInstanceUID): ds for ds in read}
+    files = {str(ds.SOPInstanceUID): p for ds, p in zip(read, paths, strict=True)}
+    with (
+        archive_holding(str(request.param), tmp, postgres_problem, paths) as archive,
+        LiveServer(archive) as server,
+    ):
+        yield Curated(archive, server, files, datasets)
 
 
 # -- retrieve: every stored instance, byte for byte ------------------------------------

@@ -19,9 +19,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from pacsfhir.api.app import create_app
-from pacsfhir.archive import Archive
-from pacsfhir.dicom.ingest import ingest
-from tests.conftest import _database_url, free_port, make_settings, skip_or_fail
+from tests.conftest import archive_holding, free_port, skip_or_fail
 from tests.support.orthanc import Orthanc, orthanc_problem
 from tests.support.samples import pydicom_sample, read_quietly
 
@@ -63,15 +61,11 @@ def served(
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp(f"wado-uri-{request.param}")
     paths = {name: pydicom_sample(name) for name in FILES}
-    for url in _database_url(str(request.param), tmp, postgres_problem):
-        archive = Archive.open(make_settings(tmp, url))
-        summary = ingest([str(p) for p in paths.values()], archive.engine, archive.blobs, workers=1)
-        assert summary.counts == {"stored": len(paths)}, summary
-        try:
-            with TestClient(create_app(archive.settings, archive)) as client:
-                yield Served(client, {n: read_quietly(p) for n, p in paths.items()}, paths)
-        finally:
-            archive.close()
+    with (
+        archive_holding(str(request.param), tmp, postgres_problem, list(paths.values())) as archive,
+        TestClient(create_app(archive.settings, archive)) as client,
+    ):
+        yield Served(client, {n: read_quietly(p) for n, p in paths.items()}, paths)
 
 
 def literal(query: dict[str, str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 import pydicom.data
@@ -18,7 +19,9 @@ def pydicom_sample(name: str) -> Path:
     return Path(str(found))
 
 
-def read_quietly(path: Path | str, force: bool = False) -> Dataset:
+def read_quietly(
+    source: Path | str | BinaryIO, force: bool = False, stop_before_pixels: bool = False
+) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=force)
+        return pydicom.dcmread(source, force=force, stop_before_pixels=stop_before_pixels)
