@@ -42,10 +42,8 @@ def _dataset(answer: dict[str, object]) -> Dataset:
     return Dataset.from_json(answer)
 
 
-def answer_digest(*levels: dict[str, object] | None) -> str:
-    """SHA-256 of the study, series and instance answers one placeholder is made from."""
-    canonical = json.dumps(levels, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _canonical(answer: dict[str, object] | None) -> bytes:
+    return json.dumps(answer, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
@@ -53,8 +51,14 @@ def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
     without SOP Class UID, or whose parents are missing, is left out and logged). Each
     level's JSON is read once."""
     study = _dataset(answer.study)
-    series_answers = {uid_of(s, Level.SERIES): s for s in answer.series}
-    series_by_uid = {uid: _dataset(s) for uid, s in series_answers.items()}
+    series_by_uid = {uid_of(s, Level.SERIES): _dataset(s) for s in answer.series}
+    # a placeholder's digest covers its study's, series' and own answers; the study's and
+    # each series' are hashed once, not once an instance
+    study_hash = hashlib.sha256(_canonical(answer.study))
+    series_hashes = {}
+    for s in answer.series:
+        series_hashes[uid_of(s, Level.SERIES)] = hashed = study_hash.copy()
+        hashed.update(b"\n" + _canonical(s))
     records = []
     for instance in answer.instances:
         merged = Dataset()
@@ -70,8 +74,9 @@ def records_of(answer: StudyAnswer, upstream: str) -> list[IndexRecord]:
         except (RejectedInstance, ValueError, TypeError) as exc:
             log.warning("an instance %s answered is left out: %s", upstream, exc)
             continue
-        digest = answer_digest(answer.study, series_answers.get(series_uid), instance)
-        records.append(IndexRecord(attributes, "", 0, digest, upstream=upstream))
+        digest = series_hashes.get(series_uid, study_hash).copy()
+        digest.update(b"\n" + _canonical(instance))
+        records.append(IndexRecord(attributes, "", 0, digest.hexdigest(), upstream=upstream))
     return records
 
 
