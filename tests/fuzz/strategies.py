@@ -370,6 +370,7 @@ HEADER_NAMES = [
     "X-Forwarded-Prefix",
     "X-Forwarded-For",
     "Forwarded",
+    "X-Pacsfhir-Offload",  # api.offload: only the proxy's key hands a relay over
     "Cache-Control",
 ]
 HEADER_VALUES = [

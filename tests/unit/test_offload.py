@@ -35,6 +35,8 @@ def _request(headers: dict[str, str]) -> Request:
         ("x-accel", KEY, {"X-Pacsfhir-Offload": KEY + "x"}, False),
         ("", KEY, {"X-Pacsfhir-Offload": KEY}, False),  # off
         ("x-accel", "", {"X-Pacsfhir-Offload": ""}, False),  # no key: never
+        ("x-accel", KEY, {"X-Pacsfhir-Offload": "ключ" * 10}, False),
+        ("x-accel", KEY, {"X-Pacsfhir-Offload": KEY + "\x00"}, False),
     ],
 )
 def test_offloads(tmp_path: Path, mode: str, key: str, sent: dict[str, str], handed: bool) -> None:
